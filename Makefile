@@ -1,0 +1,36 @@
+# normtx: two commands do everything on a fresh machine with python3 (3.10+).
+#   make demo   set up .venv and run the main job (a real training run; table + plot)
+#   make test   set up .venv, lint, and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.normtx-installed
+# Two pytest workers suit the 2-core CI machine; override with `make test PYTEST_WORKERS=auto`.
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the package metadata changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m examples.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check normtx tests benchmarks examples
+	$(PY) -m ruff format --check normtx tests benchmarks examples
+
+test: $(STAMP) lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --timeout=900
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache

@@ -1,0 +1,21 @@
+"""normtx: norm-based optimizers for JAX/Optax.
+
+An optimizer is a *norm* (the direction of the step) and a *step size*. normtx makes both
+first-class ``optax.GradientTransformation`` pieces (Bernstein & Newhouse, *Old Optimizer, New
+Norm*, 2024; Stratos, *Adaptive Learning Methods*).
+"""
+
+from normtx import dims, linalg, norms
+from normtx.transforms import ScaleByDualNormState, dualize, scale_by_dual_norm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ScaleByDualNormState",
+    "__version__",
+    "dims",
+    "dualize",
+    "linalg",
+    "norms",
+    "scale_by_dual_norm",
+]

@@ -1,0 +1,168 @@
+"""Norms of whole parameter trees: the modular norm of anthology Prop. 7.
+
+Leaves ``l`` with norms ``N_l`` and scales ``s_l > 0`` are measured by
+``‖(W_l)‖ = max_l s_l N_l(W_l)`` (eq. 31). Its dual is ``Σ_l N_l†(G_l)/s_l`` and its
+dualization is ``T_l = dualize_l(G_l)/s_l``, so the steepest-descent step (eq. 33, 56) is
+``Δ_l = -(η/s_l) dualize_l(G_l)`` with the one global step size ``η = (1/λ) Σ_k N_k†(G_k)/s_k``.
+With unit scales and ℓ∞ (= ℓ1 -> ℓ∞) on every leaf this is global sign descent (Prop. 3), with the
+spectral norm on every leaf it is Prop. 5.
+
+Leaves whose norm is ``None`` are outside the normed space: ``norm``/``dual_norm`` ignore them and
+``dualize`` passes them through unchanged.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from normtx._pytree import broadcast_to_leaves, describe_leaf
+from normtx.norms.base import Norm
+
+__all__ = [
+    "Modular",
+    "NormSpec",
+    "ScaleSpec",
+    "modular",
+    "resolve_norms",
+    "tree_dual_norm",
+    "tree_norm",
+]
+
+NormSpec = Norm | Any | Callable[[str, jax.Array], Norm | None]
+"""A ``Norm`` for every leaf, a pytree prefix of Norms (``None`` = no norm), or
+``(path, leaf) -> Norm | None``."""
+
+ScaleSpec = float | Any | Callable[[str, jax.Array], float] | None
+"""A positive scale for every leaf, a pytree prefix of scales, or ``(path, leaf) -> scale``."""
+
+
+def _is_norm(x) -> bool:
+    return isinstance(x, Norm)
+
+
+def _is_scale(x) -> bool:
+    return isinstance(x, numbers.Real) or (hasattr(x, "shape") and jnp.ndim(x) == 0)
+
+
+def resolve_norms(
+    spec: NormSpec, tree: Any, *, what: str = "normtx"
+) -> list[tuple[str, Any, Norm | None]]:
+    """``[(path, leaf, norm_or_None), ...]`` for every leaf of ``tree``, each checked on its leaf.
+
+    Raises ``ValueError`` naming the path, shape and dtype of any leaf its norm cannot measure, and
+    for a spec tree that does not match ``tree``.
+    """
+    triples = broadcast_to_leaves(
+        spec, tree, is_value=_is_norm, what=what, expected="normtx Norm objects"
+    )
+    for path, leaf, norm in triples:
+        if norm is not None:
+            try:
+                norm.check_leaf(leaf, path)
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
+    return triples
+
+
+def _resolve_scales(scales: ScaleSpec, tree: Any, what: str) -> list[Any]:
+    if scales is None:
+        return [1.0] * len(jax.tree_util.tree_leaves(tree))
+    triples = broadcast_to_leaves(
+        scales, tree, is_value=_is_scale, what=what, expected="positive scales"
+    )
+    out = []
+    for path, leaf, s in triples:
+        if isinstance(s, numbers.Real) and not s > 0:
+            raise ValueError(
+                f"{what}: scale {s!r} for leaf {describe_leaf(path, leaf)} must be > 0."
+            )
+        out.append(1.0 if s is None else s)
+    return out
+
+
+class Modular:
+    """The modular norm ``max_l s_l N_l(W_l)`` over a whole tree (anthology Prop. 7, eq. 31).
+
+    Args:
+      norms: a ``Norm`` for every leaf, a pytree prefix of Norms (``None``: the leaf is not normed),
+        or a callable ``(path, leaf) -> Norm | None``; ``path`` is the ``/``-joined key path.
+      scales: the ``s_l > 0``: one number, a pytree prefix, a callable, or ``None`` (all 1).
+
+    ``norm``, ``dual_norm`` and ``dualize`` take whole trees. Example::
+
+      mod = normtx.norms.modular({'hidden': norms.rms_to_rms(), 'bias': norms.rms()},
+                                 scales={'hidden': 1.0, 'bias': 2.0})
+      mod.dual_norm(grads)  # Σ_l N_l†(G_l) / s_l
+    """
+
+    def __init__(self, norms: NormSpec, scales: ScaleSpec = None):
+        if isinstance(scales, numbers.Real) and not scales > 0:
+            raise ValueError(f"modular: scales must be > 0, got {scales!r}.")
+        self.norms = norms
+        self.scales = scales
+
+    def __repr__(self) -> str:
+        return f"Modular(norms={self.norms!r}, scales={self.scales!r})"
+
+    def resolve(self, tree: Any, what: str = "modular") -> list[tuple[str, Any, Norm | None, Any]]:
+        """``[(path, leaf, norm, scale), ...]`` for every leaf, validated."""
+        triples = resolve_norms(self.norms, tree, what=what)
+        scales = _resolve_scales(self.scales, tree, what)
+        return [(p, x, n, s) for (p, x, n), s in zip(triples, scales, strict=True)]
+
+    def norm(self, tree: Any) -> jax.Array:
+        """``max_l s_l N_l(W_l)`` (eq. 31); 0 for a tree without normed leaves."""
+        vals = [s * n.norm(x) for _, x, n, s in self.resolve(tree) if n is not None]
+        return jnp.max(jnp.stack(vals)) if vals else jnp.zeros((), jnp.float32)
+
+    def dual_norm(self, tree: Any) -> jax.Array:
+        """``Σ_l N_l†(G_l) / s_l`` (eq. 56 without the 1/λ)."""
+        vals = [n.dual_norm(g) / s for _, g, n, s in self.resolve(tree) if n is not None]
+        return sum(vals, jnp.zeros((), jnp.float32))
+
+    def dualize(self, tree: Any) -> Any:
+        """``T_l = dualize_l(G_l) / s_l``: the unit-modular-norm tree best aligned with ``tree``."""
+        _, directions = self.duals_and_directions(tree)
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        out = [
+            g if t is None else t.astype(g.dtype) for g, t in zip(leaves, directions, strict=True)
+        ]
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def duals_and_directions(
+        self, tree: Any, what: str = "modular"
+    ) -> tuple[list[jax.Array | None], list[jax.Array | None]]:
+        """Per leaf ``N_l†(G_l)/s_l`` and ``dualize_l(G_l)/s_l`` (compute dtype); ``None``: no norm.
+
+        One decomposition per leaf: the dual is read off the direction, ``<G, dualize(G)> = ‖G‖†``.
+        """
+        duals, directions = [], []
+        for path, g, n, s in self.resolve(tree, what):
+            if n is None:
+                duals.append(None)
+                directions.append(None)
+                continue
+            d, t = n.dual_and_dualize(g, path)
+            duals.append(d / s)
+            directions.append(t / s)
+        return duals, directions
+
+
+def modular(norms: NormSpec, scales: ScaleSpec = None) -> Modular:
+    """The modular norm ``max_l s_l N_l(W_l)`` of anthology Prop. 7 (see ``Modular``)."""
+    return Modular(norms, scales)
+
+
+def tree_norm(norms: NormSpec, tree: Any) -> jax.Array:
+    """``max_l N_l(W_l)``: the whole tree under the max-combined norm (Prop. 3 / Prop. 7, s_l = 1)."""
+    return Modular(norms).norm(tree)
+
+
+def tree_dual_norm(norms: NormSpec, grads: Any) -> jax.Array:
+    """``Σ_l N_l†(G_l)``: the dual of the max-combined norm (Prop. 7 with unit scales)."""
+    return Modular(norms).dual_norm(grads)

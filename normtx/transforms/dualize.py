@@ -1,0 +1,139 @@
+"""``dualize`` and ``scale_by_dual_norm``: steepest descent under a norm (anthology Prop. 1)."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from normtx.norms.tree import Modular, NormSpec
+from normtx.transforms._common import check_choice, check_positive, value_at
+
+__all__ = ["ScaleByDualNormState", "dualize", "scale_by_dual_norm"]
+
+Scope = Literal["tree", "leaf"]
+
+
+def dualize(norm: NormSpec) -> optax.GradientTransformation:
+    r"""Maps each leaf ``g`` to its direction of steepest ascent ``argmax_{‖t‖<=1} <g, t>``.
+
+    This is the *direction* half of anthology Prop. 1 (the step size is chosen elsewhere: a learning
+    rate, ``scale_by_dual_norm``, or ``escape_velocity_lr``):
+
+    .. math:: g \mapsto \arg\max_{\|t\| \le 1} \langle g, t \rangle
+
+    ``dualize(norms.linf())`` is sign descent (Prop. 2), ``dualize(norms.spectral())`` is the
+    orthogonalized update ``U Vᵀ`` of Shampoo without accumulation (Prop. 5).
+
+    Args:
+      norm: a ``normtx.norms.Norm`` for every leaf, a pytree prefix of the params with a Norm (or
+        ``None``: leave the leaf unchanged) at each node, or a callable
+        ``(path: str, leaf) -> Norm | None`` where ``path`` is the ``/``-joined key path.
+
+    Returns:
+      An ``optax.GradientTransformation`` with empty state. Like optax's ``scale_by_*`` it returns
+      a direction to be *descended*: end the chain with ``optax.scale_by_learning_rate``. Each leaf
+      keeps its dtype; a zero gradient gives a zero update.
+
+    Raises:
+      ValueError: at ``init`` (or trace time) for a leaf its norm cannot measure — naming the path,
+        shape and dtype — or a norm tree that does not match the params.
+
+    Example::
+
+      tx = optax.chain(normtx.dualize(normtx.norms.linf()), optax.scale_by_learning_rate(1e-3))
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Prop. 1, 2, 5 (2024).
+    """
+    mod = Modular(norm)
+
+    def init_fn(params):
+        mod.resolve(params, "dualize")
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        _, directions = mod.duals_and_directions(updates, "dualize")
+        return _assemble(updates, directions, None), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByDualNormState(NamedTuple):
+    """State of ``scale_by_dual_norm``."""
+
+    count: jax.Array  # int32 scalar: updates applied so far (the argument of a sharpness schedule)
+
+
+def scale_by_dual_norm(
+    norm: NormSpec,
+    *,
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+    scope: Scope = "tree",
+) -> optax.GradientTransformation:
+    r"""The full steepest-descent step under ``norm`` (anthology Prop. 1 and Prop. 7).
+
+    .. math:: \Delta = -\frac{\|g\|^\dagger}{\lambda}\,\arg\max_{\|t\|=1}\langle g, t\rangle
+
+    With ``scope='tree'`` the whole tree is one problem under the max-combined norm
+    ``max_l N_l(W_l)`` (Prop. 7 with unit scales): every leaf gets
+    ``(Σ_k N_k†(G_k) / λ) · dualize_l(G_l)``. For ``norms.linf()`` on every leaf this is global sign
+    descent with the global ℓ1 dual (Prop. 2/3); for ``norms.spectral()`` it is Prop. 5.
+    With ``scope='leaf'`` each leaf is its own problem: ``(N_l†(G_l) / λ) · dualize_l(G_l)``.
+
+    Args:
+      norm: as in ``normtx.dualize``.
+      sharpness: λ > 0 of Prop. 1: a number, or a schedule ``count -> λ``. Works with
+        ``optax.inject_hyperparams``.
+      scope: ``'tree'`` or ``'leaf'``.
+
+    Returns:
+      An ``optax.GradientTransformation`` returning a descent direction (end the chain with
+      ``optax.scale_by_learning_rate``, or ``optax.scale(-1.0)`` for the pure Prop. 1 step).
+
+    Example::
+
+      tx = optax.chain(normtx.scale_by_dual_norm(normtx.norms.spectral(), sharpness=10.0),
+                       optax.scale(-1.0))
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Prop. 1, 3, 5, 7 (2024).
+    """
+    check_positive("sharpness", sharpness, "scale_by_dual_norm")
+    check_choice("scope", scope, ("tree", "leaf"), "scale_by_dual_norm")
+    mod = Modular(norm)
+
+    def init_fn(params):
+        mod.resolve(params, "scale_by_dual_norm")
+        return ScaleByDualNormState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        lam = value_at(sharpness, state.count)
+        duals, directions = mod.duals_and_directions(updates, "scale_by_dual_norm")
+        if scope == "tree":
+            eta = sum((d for d in duals if d is not None), jnp.zeros((), jnp.float32)) / lam
+            etas = [eta] * len(duals)
+        else:
+            etas = [None if d is None else d / lam for d in duals]
+        new_updates = _assemble(updates, directions, etas)
+        return new_updates, ScaleByDualNormState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _assemble(updates, directions, etas):
+    """Leaf l -> ``eta_l · direction_l`` in the leaf's dtype (unchanged where direction is None)."""
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    etas = etas if etas is not None else [None] * len(leaves)
+    out = []
+    for g, t, eta in zip(leaves, directions, etas, strict=True):
+        if t is None:
+            out.append(g)
+        else:
+            out.append((t if eta is None else eta.astype(t.dtype) * t).astype(g.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)

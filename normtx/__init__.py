@@ -5,7 +5,7 @@ first-class ``optax.GradientTransformation`` pieces (Bernstein & Newhouse, *Old 
 Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
-from normtx import dims, linalg, norms
+from normtx import dims, linalg, norms, optimizers
 from normtx.transforms import ScaleByDualNormState, dualize, scale_by_dual_norm
 
 __version__ = "0.1.0"
@@ -17,5 +17,6 @@ __all__ = [
     "dualize",
     "linalg",
     "norms",
+    "optimizers",
     "scale_by_dual_norm",
 ]

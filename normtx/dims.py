@@ -14,7 +14,16 @@ from typing import NamedTuple
 
 import jax
 
-__all__ = ["CONV_HWIO", "DENSE", "DimensionNumbers", "as_matrices", "normalize_axes"]
+from normtx._sharding import replicate_except
+
+__all__ = [
+    "CONV_HWIO",
+    "DENSE",
+    "DimensionNumbers",
+    "as_matrices",
+    "flatten_axes",
+    "normalize_axes",
+]
 
 
 class DimensionNumbers(NamedTuple):
@@ -91,22 +100,31 @@ def normalize_axes(
     return DimensionNumbers(fin, fout)
 
 
-def as_matrices(
-    x: jax.Array, dims: DimensionNumbers
+def flatten_axes(
+    x: jax.Array, groups: Sequence[Sequence[int]]
 ) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
-    """Reshapes ``x`` to a batch of matrices ``(B, d_in, d_out)`` and returns the inverse map."""
-    fin, fout = dims
-    batch = tuple(a for a in range(x.ndim) if a not in fin and a not in fout)
-    perm = batch + fin + fout
+    """Reshapes ``x`` to ``(B, prod(groups[0]), prod(groups[1]), ...)`` and returns the inverse.
+
+    Every axis in no group is a batch axis; the batch axes come first, in order. Under explicit
+    sharding every axis but the first batch axis is gathered first (see ``normtx._sharding``).
+    """
+    grouped = tuple(a for g in groups for a in g)
+    batch = tuple(a for a in range(x.ndim) if a not in grouped)
+    x = replicate_except(x, batch[0] if batch else None)
+    perm = batch + grouped
     inv_perm = tuple(sorted(range(x.ndim), key=perm.__getitem__))
     moved_shape = tuple(x.shape[a] for a in perm)
-    flat_shape = (
-        math.prod(x.shape[a] for a in batch),
-        math.prod(x.shape[a] for a in fin),
-        math.prod(x.shape[a] for a in fout),
-    )
+    sizes = [math.prod(x.shape[a] for a in g) for g in groups]
+    flat_shape = (math.prod(x.shape[a] for a in batch), *sizes)
 
     def inverse(m: jax.Array) -> jax.Array:
         return m.reshape(moved_shape).transpose(inv_perm)
 
     return x.transpose(perm).reshape(flat_shape), inverse
+
+
+def as_matrices(
+    x: jax.Array, dims: DimensionNumbers
+) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    """Reshapes ``x`` to a batch of matrices ``(B, d_in, d_out)`` and returns the inverse map."""
+    return flatten_axes(x, dims)

@@ -182,7 +182,7 @@ class Schatten(OperatorNorm):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "p", validate_p(self.p, self.name))
+        object.__setattr__(self, "p", validate_p(self.p, type(self).__name__.lower()))
         check_polar_method(self.polar, f"norm {self.name}")
 
     @property

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import jax
 
+from normtx.dims import flatten_axes
 from normtx.norms._kernels import dual_exponent, lmo, pnorm, validate_p
 from normtx.norms.base import Inverse, Norm
 
@@ -51,17 +52,8 @@ class VectorNorm(Norm):
 
     def _slices(self, x: jax.Array, path: str) -> tuple[jax.Array, Inverse]:
         del path
-        batch = tuple(sorted({a % x.ndim for a in self.batch_axes})) if x.ndim else ()
-        rest = tuple(a for a in range(x.ndim) if a not in batch)
-        perm = batch + rest
-        moved = x.transpose(perm)
-        inv_perm = tuple(sorted(range(x.ndim), key=perm.__getitem__))
-        nb = math.prod(x.shape[a] for a in batch)
-
-        def inverse(s):
-            return s.reshape(moved.shape).transpose(inv_perm)
-
-        return moved.reshape(nb, -1), inverse
+        batch = {a % x.ndim for a in self.batch_axes} if x.ndim else set()
+        return flatten_axes(x, [tuple(a for a in range(x.ndim) if a not in batch)])
 
     def _norms(self, s):
         return self._factor(s.shape[-1]) * pnorm(s, self.p)

@@ -6,15 +6,23 @@ Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
 from normtx import dims, linalg, norms, optimizers
-from normtx.transforms import ScaleByDualNormState, dualize, scale_by_dual_norm
+from normtx.transforms import (
+    EscapeVelocityState,
+    ScaleByDualNormState,
+    dualize,
+    escape_velocity_lr,
+    scale_by_dual_norm,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EscapeVelocityState",
     "ScaleByDualNormState",
     "__version__",
     "dims",
     "dualize",
+    "escape_velocity_lr",
     "linalg",
     "norms",
     "optimizers",

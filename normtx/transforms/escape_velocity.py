@@ -1,0 +1,509 @@
+"""``escape_velocity_lr``: Prodigy's warm-up step size, for any norm and any direction.
+
+Anthology Story III: Prodigy with its EMAs switched off (β₁ = β₂ = 0) is sign descent
+``w_{t+1} = w_t - η_t sign(g_t)`` (eq. 29) whose step size follows
+
+    η_{t+1} = max(η_t, <g_t, w_0 - w_t> / ‖g_t‖₁)                                    (eq. 28)
+
+Written as ``max(η_t, (‖g‖₂/‖g‖₁) ‖w_t - w_0‖₂ cos θ_t)`` (eq. 30) the rule grows η geometrically
+while the weights are still inside the initial linearisation (cos θ ≈ 1) and stops once they have
+escaped it: the *escape velocity*. ℓ1 is the dual of ℓ∞, the norm whose dualization is ``sign``
+(Prop. 2); replacing it by the dual of any norm, summed over the leaves of the tree (Prop. 3/7), and
+``sign`` by any direction gives a step-size rule for every optimizer normtx builds. The variants the
+anthology suggests after eq. 30 — the cosine rule, the most recent weight difference, letting η
+decrease — and Prodigy's EMAs (eqs. 24–26) are options of the same rule; ``normtx.optimizers.prodigy``
+is this rule with Prodigy's Adam direction (eqs. 22–27), and matches ``optax.contrib.prodigy``.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from normtx._numerics import compute_dtype, safe_div
+from normtx._pytree import describe_leaf, flatten_with_paths
+from normtx.norms.tree import Modular, NormSpec
+from normtx.norms.vector import linf
+from normtx.transforms._common import check_choice, check_positive, value_at
+
+__all__ = ["EscapeVelocityState", "ProdigyMomentsState", "escape_velocity_lr"]
+
+Rule = Literal["prodigy", "cosine"]
+Anchor = Literal["initial", "previous"]
+
+
+class EscapeVelocityState(NamedTuple):
+    """State of ``escape_velocity_lr`` (and the step-size part of ``optimizers.prodigy``)."""
+
+    count: jax.Array  # int32 scalar: updates applied so far
+    eta: jax.Array  # scalar η_t (float32 or wider): the step size the next update applies
+    numerator: jax.Array  # scalar: numerator of the last update's quotient (see the docstring)
+    denominator: jax.Array  # scalar: its denominator; 0 when that update carried no information
+    anchor: optax.Params  # w_0 (anchor='initial') or w_{t-1} (anchor='previous'), state dtype
+    grad_sum: optax.Updates | None  # s_t of eq. 25 when the EMAs are on (state dtype); else None
+    direction: optax.OptState  # the wrapped direction's own state
+
+
+class ProdigyMomentsState(NamedTuple):
+    """State of Prodigy's direction inside ``optimizers.prodigy`` (eqs. 22–23)."""
+
+    mu: optax.Updates  # m_t = β₁ m_{t-1} + (1-β₁) η_t g_t (eq. 22), state dtype
+    nu: optax.Updates  # v_t = β₂ v_{t-1} + (1-β₂) η_t² g_t² (eq. 23), state dtype
+
+
+class _Direction(NamedTuple):
+    """A direction that may read the step size: ``update(g, state, params, eta, count)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+# (eta, count) -> (w_r, w_s): r_t = β₃ r_{t-1} + w_r <g_t, a_t>, s_t = β₃ s_{t-1} + w_s g_t.
+EmaWeights = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def escape_velocity_lr(
+    direction: optax.GradientTransformation,
+    *,
+    norm: NormSpec | Modular,
+    init_lr: ArrayLike = 1e-6,
+    rule: Rule = "prodigy",
+    anchor: Anchor = "initial",
+    monotone: bool = True,
+    max_growth: ArrayLike | None = None,
+    beta: tuple[float, float] | None = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+    r"""Scales a direction by a step size that warms up to the escape velocity (Story III).
+
+    The update is ``η_t · direction(g_t)``, and after it the step size moves to ``η_{t+1}``:
+
+    - ``rule='prodigy'`` (eq. 28 for any norm):
+      ``η_{t+1} = max(η_t, <g_t, a_t> / ‖g_t‖†)``, where ``‖·‖†`` is the dual of ``norm`` summed
+      over the leaves (``Σ_l N_l†(g_l)/s_l``, Prop. 3/7). With ``norm=norms.linf()`` and
+      ``direction=normtx.dualize(norms.linf())`` this is exactly eqs. 28–29.
+    - ``rule='cosine'``: ``η_{t+1} = η_t (1 + cos θ_t)``, θ_t the (Euclidean) angle between
+      ``g_t`` and ``a_t``: η doubles while the gradient still points along the path taken.
+
+    The anchor difference is ``a_t = w_0 - w_t`` (``anchor='initial'``) or the most recent step
+    ``w_{t-1} - w_t`` (``anchor='previous'``, anthology after eq. 30; ``a_0 = 0``). The weights are
+    the ``params`` passed to ``update``, so a schedule chained *after* this transform
+    (``optax.scale_by_learning_rate(schedule)``) is seen by the rule through the weights it moves.
+
+    ``monotone=False`` lets η decrease: the prodigy rule takes the quotient itself and the cosine
+    rule the factor itself, both floored at ``init_lr``. ``max_growth`` caps ``η_{t+1}/η_t``.
+    ``beta=(β₁, β₂)`` turns Prodigy's EMAs on (eqs. 24–26, rule ``'prodigy'`` only)::
+
+        r_t = √β₂ r_{t-1} + (1-√β₂) η_t² <g_t, a_t>,   s_t = √β₂ s_{t-1} + (1-√β₂) η_t² g_t,
+        η_{t+1} = max(η_t, r_t / ‖s_t‖†);
+
+    β₁ is Prodigy's first-moment coefficient (eq. 22): it belongs to Prodigy's direction, not to
+    the step-size rule, and is only validated here (``beta=(0, 0)`` is eq. 28 again).
+
+    An update that carries no information — a zero gradient on every normed leaf, a zero or
+    non-finite quotient denominator — leaves η unchanged; nothing here divides 0 by 0, so zero,
+    1e-30 or 1e30 gradients never give NaN. Without EMAs the quotients are computed on
+    ``g / max|g|`` (and the cosine on ``a / max|a|`` too), which leaves them unchanged and keeps
+    extreme gradients in floating-point range.
+
+    Leaves whose norm is ``None`` take the update ``η_t · direction(g_t)`` but are outside the
+    normed space: they do not enter ``<g, a>``, the dual norm or the cosine.
+
+    State (inspect it with ``optax.tree_utils.tree_get(state, 'eta')``): ``eta``; ``numerator`` and
+    ``denominator`` of the last quotient — ``<ĝ, a>`` and ``‖ĝ‖†`` with ``ĝ = g/max|g|`` (prodigy),
+    ``<ĝ, â>`` and ``‖ĝ‖₂‖â‖₂`` (cosine), ``r_t`` and ``‖s_t‖†`` (EMAs); the anchor; ``s_t``; the
+    direction's state. Floats per parameter, besides the direction's own state and four scalars:
+
+    ===============================================  ======================================
+    configuration                                    floats per parameter in this state
+    ===============================================  ======================================
+    ``beta=None``, ``anchor='initial'``              1 (``w_0``)
+    ``beta=None``, ``anchor='previous'``             1 (``w_{t-1}``)
+    ``beta=(β₁, β₂)``                                2 (the anchor and ``s_t``)
+    ``optimizers.prodigy`` (Adam direction)          4 (``w_0``, ``s_t``, ``m_t``, ``v_t``)
+    ===============================================  ======================================
+
+    Args:
+      direction: the direction transform, e.g. ``normtx.dualize(norms.linf())`` (sign descent),
+        ``normtx.dualize(norms.spectral())`` or a modular-norm step. It is called as
+        ``direction.update(g, state, params)``.
+      norm: the norm whose dual measures ``g`` in the prodigy rule (and whose normed leaves the
+        rule reads): a ``Norm``, a pytree prefix of Norms, ``(path, leaf) -> Norm | None``, or a
+        ``normtx.norms.Modular`` with scales. Use the norm the direction dualizes. Under
+        ``optax.inject_hyperparams`` pass a callable ``norm`` in ``static_args``.
+      init_lr: η_0 > 0, far below any good step size (the rule grows it geometrically). Works with
+        ``optax.inject_hyperparams``.
+      rule: ``'prodigy'`` (eq. 28) or ``'cosine'``.
+      anchor: ``'initial'`` (``w_0``) or ``'previous'`` (``w_{t-1}``).
+      monotone: ``True``: η never decreases (Prodigy); ``False``: it may, down to ``init_lr``.
+      max_growth: ``None`` or a cap ``> 1`` on ``η_{t+1}/η_t``.
+      beta: ``None`` (no EMA, eq. 28) or ``(β₁, β₂)`` in ``[0, 1)`` (eqs. 24–26).
+      state_dtype: dtype of the anchor and ``s_t``; default: each parameter's own dtype.
+
+    Returns:
+      An ``optax.GradientTransformation`` returning the descent direction ``η_t · direction(g_t)``
+      in each leaf's dtype; end the chain with ``optax.scale_by_learning_rate(lr)`` (``lr = 1`` or
+      a schedule). ``update`` needs ``params``.
+
+    Raises:
+      ValueError: for a bad rule, anchor, ``init_lr <= 0``, ``max_growth <= 1`` or betas outside
+        ``[0, 1)`` (at construction); for a norm tree that does not match the params (at
+        ``init``); for missing ``params`` or trees that do not match the state (at ``update``).
+
+    Example::
+
+      tx = optax.chain(
+          normtx.escape_velocity_lr(normtx.dualize(norms.linf()), norm=norms.linf()),
+          optax.scale_by_learning_rate(1.0),
+      )
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Story III, eqs. 22–30,
+      Prop. 1, 2, 3, 7 (2024). Mishchenko & Defazio, *Prodigy: An Expeditiously Adaptive
+      Parameter-Free Learner*, Algorithm 3 (2023).
+    """
+    what = "escape_velocity_lr"
+    if not isinstance(direction, optax.GradientTransformation):
+        raise ValueError(
+            f"{what}: direction must be an optax.GradientTransformation (e.g. "
+            f"normtx.dualize(norms.linf())), got {direction!r}."
+        )
+    beta3 = None
+    if beta is not None:
+        if rule != "prodigy":
+            raise ValueError(
+                f"{what}: beta (Prodigy's EMAs, eqs. 24-26) needs rule='prodigy', got rule={rule!r}."
+            )
+        _, b2 = check_betas(beta, what)
+        beta3 = b2**0.5
+
+    def ema_weights(eta, count):
+        del count
+        w = (1.0 - beta3) * eta * eta  # eqs. 24-25: both terms weighted by (1 - √β₂) η_t²
+        return w, w
+
+    return _escape_velocity(
+        _Direction(direction.init, lambda g, s, p, eta, count: direction.update(g, s, p)),
+        norm=norm,
+        init_lr=init_lr,
+        rule=rule,
+        anchor=anchor,
+        monotone=monotone,
+        max_growth=max_growth,
+        beta3=beta3,
+        ema_weights=ema_weights,
+        state_dtype=state_dtype,
+        what=what,
+    )
+
+
+def check_betas(beta: Any, what: str, name: str = "beta") -> tuple[float, float]:
+    """``(β₁, β₂)`` with both in ``[0, 1)``, or a ``ValueError``."""
+    try:
+        b1, b2 = beta
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: {name} must be a pair (b1, b2), got {beta!r}.") from None
+    for b in (b1, b2):
+        if not isinstance(b, numbers.Real) or not 0 <= b < 1:
+            raise ValueError(f"{what}: {name} must be numbers in [0, 1), got {beta!r}.")
+    return float(b1), float(b2)
+
+
+def _escape_velocity(
+    direction: _Direction,
+    *,
+    norm: NormSpec | Modular,
+    init_lr: ArrayLike,
+    rule: str,
+    anchor: str,
+    monotone: bool,
+    max_growth: ArrayLike | None,
+    beta3: float | None,
+    ema_weights: EmaWeights,
+    state_dtype: Any,
+    what: str,
+    coef: ArrayLike = 1.0,
+) -> optax.GradientTransformation:
+    """The one step-size mechanism behind ``escape_velocity_lr`` and ``optimizers.prodigy``.
+
+    ``beta3`` is the EMA factor of ``r_t`` and ``s_t`` (``None``: no EMA, eq. 28), ``ema_weights``
+    their per-step weights, ``coef`` multiplies the prodigy quotient (Prodigy's ``d_coef``).
+    """
+    check_positive("init_lr", init_lr, what)
+    check_choice("rule", rule, ("prodigy", "cosine"), what)
+    check_choice("anchor", anchor, ("initial", "previous"), what)
+    check_positive("coef", coef, what)
+    if not isinstance(monotone, bool):
+        raise ValueError(f"{what}: monotone must be True or False, got {monotone!r}.")
+    if max_growth is not None:
+        check_positive("max_growth", max_growth, what)
+        if isinstance(max_growth, numbers.Real) and not max_growth > 1:
+            raise ValueError(
+                f"{what}: max_growth must be > 1 (a cap on η_(t+1)/η_t), got {max_growth!r}."
+            )
+    if state_dtype is not None and not jnp.issubdtype(jnp.dtype(state_dtype), jnp.floating):
+        raise ValueError(f"{what}: state_dtype must be a floating dtype, got {state_dtype!r}.")
+    mod = norm if isinstance(norm, Modular) else Modular(norm)
+
+    def init_fn(params):
+        mod.resolve(params, what)
+        sdt = _scalar_dtype(params)
+        zero = jnp.zeros([], sdt)
+        grad_sum = None
+        if beta3 is not None:
+            grad_sum = jax.tree.map(
+                lambda p: jnp.zeros(p.shape, leaf_dtype(p, state_dtype)), params
+            )
+        return EscapeVelocityState(
+            count=jnp.zeros([], jnp.int32),
+            eta=jnp.asarray(init_lr, sdt),
+            numerator=zero,
+            denominator=zero,
+            anchor=jax.tree.map(lambda p: jnp.asarray(p, leaf_dtype(p, state_dtype)), params),
+            grad_sum=grad_sum,
+            direction=direction.init(params),
+        )
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                f"{what}: update needs the current params — call tx.update(grads, state, params): "
+                "the step size measures how far the weights moved from the anchor."
+            )
+        _check_trees(updates, params, state.anchor, what)
+        eta, count = state.eta, state.count
+        resolved = mod.resolve(updates, what)
+        g_leaves = jax.tree_util.tree_leaves(updates)
+        p_leaves, treedef = jax.tree_util.tree_flatten(params)
+        a_leaves = jax.tree_util.tree_leaves(state.anchor)
+        normed = [i for i, (_, _, n, _) in enumerate(resolved) if n is not None]
+        norms_scales = [(resolved[i][2], resolved[i][3]) for i in normed]
+        gs = [_compute(g_leaves[i]) for i in normed]
+        diffs = [_compute(a_leaves[i]) - _compute(p_leaves[i]) for i in normed]
+
+        dirs, dir_state = direction.update(updates, state.direction, params, eta, count)
+        new_updates = jax.tree.map(
+            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * d).astype(g.dtype), dirs, updates
+        )
+
+        grad_sum = state.grad_sum
+        if rule == "cosine":
+            num, den = _cosine_terms(gs, diffs)
+            cand = eta * (1 + safe_div(num, den))
+        elif beta3 is None:
+            gh = _unit_scaled(gs)
+            num = _vdot(gh, diffs, eta.dtype)
+            den = _dual(norms_scales, gh, eta.dtype)
+            cand = coef * num / jnp.where(den > 0, den, 1)
+        else:
+            w_r, w_s = (jnp.asarray(w, eta.dtype) for w in ema_weights(eta, count))
+            num = beta3 * state.numerator + w_r * _vdot(gs, diffs, eta.dtype)
+            s_leaves = jax.tree_util.tree_leaves(grad_sum)
+            s_leaves = [
+                (beta3 * s + w_s * _compute(g)).astype(s.dtype)
+                for s, g in zip(s_leaves, g_leaves, strict=True)
+            ]
+            grad_sum = jax.tree_util.tree_unflatten(treedef, s_leaves)
+            den = _dual(norms_scales, [_compute(s_leaves[i]) for i in normed], eta.dtype)
+            cand = coef * num / jnp.where(den > 0, den, 1)
+
+        new_eta = _next_eta(eta, cand, den, init_lr, monotone, max_growth)
+        new_anchor = state.anchor
+        if anchor == "previous":
+            new_anchor = jax.tree.map(lambda p: jnp.asarray(p, leaf_dtype(p, state_dtype)), params)
+        new_state = EscapeVelocityState(
+            count=optax.safe_increment(count),
+            eta=new_eta,
+            numerator=jnp.asarray(num, eta.dtype),
+            denominator=jnp.asarray(den, eta.dtype),
+            anchor=new_anchor,
+            grad_sum=grad_sum,
+            direction=dir_state,
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _next_eta(eta, cand, den, init_lr, monotone, max_growth):
+    """η_{t+1} from the candidate: unchanged without information, then max/floor, then the cap."""
+    informative = (den > 0) & jnp.isfinite(cand)
+    cand = jnp.where(informative, cand, eta).astype(eta.dtype)
+    floor = eta if monotone else jnp.asarray(init_lr, eta.dtype)
+    new_eta = jnp.maximum(floor, cand)
+    if max_growth is not None:
+        new_eta = jnp.minimum(new_eta, jnp.asarray(max_growth, eta.dtype) * eta)
+    return new_eta.astype(eta.dtype)
+
+
+def leaf_dtype(p: Any, state_dtype: Any) -> jnp.dtype:
+    """A state buffer's dtype: ``state_dtype`` for floating leaves when given, else the leaf's."""
+    dtype = jnp.result_type(p)
+    if state_dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(state_dtype)
+    return dtype
+
+
+def _scalar_dtype(params) -> jnp.dtype:
+    """Scalars (η, quotients) in the widest floating parameter dtype, at least float32."""
+    dtypes = [jnp.result_type(p) for p in jax.tree_util.tree_leaves(params)]
+    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return compute_dtype(jnp.result_type(*floats) if floats else jnp.float32)
+
+
+def _compute(x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x.dtype))
+
+
+def _absmax(xs: list[jax.Array]) -> jax.Array:
+    return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x)) for x in xs])
+
+
+def _unit_scaled(xs: list[jax.Array]) -> list[jax.Array]:
+    """``x / max|x|`` over the whole list (zeros stay zero): quotients unchanged, no overflow."""
+    if not xs:
+        return xs
+    m = _absmax(xs)
+    return [safe_div(x, m.astype(x.dtype)) for x in xs]
+
+
+def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype) -> jax.Array:
+    return sum(
+        (jnp.sum(x * y).astype(dtype) for x, y in zip(xs, ys, strict=True)), jnp.zeros([], dtype)
+    )
+
+
+def _dual(norms_scales, xs: list[jax.Array], dtype) -> jax.Array:
+    """``Σ_l N_l†(x_l) / s_l`` over the normed leaves (Prop. 7)."""
+    return sum(
+        (n.dual_norm(x).astype(dtype) / s for (n, s), x in zip(norms_scales, xs, strict=True)),
+        jnp.zeros([], dtype),
+    )
+
+
+def _cosine_terms(gs: list[jax.Array], diffs: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """``(<ĝ, â>, ‖ĝ‖₂‖â‖₂)`` with ``ĝ = g/max|g|`` and ``â = a/max|a|``: cos θ is their ratio."""
+    dtype = jnp.result_type(jnp.float32, *gs) if gs else jnp.float32
+    gh, ah = _unit_scaled(gs), _unit_scaled(diffs)
+    num = _vdot(gh, ah, dtype)
+    den = jnp.sqrt(_vdot(gh, gh, dtype)) * jnp.sqrt(_vdot(ah, ah, dtype))
+    return num, den
+
+
+def _check_trees(updates, params, anchor, what: str) -> None:
+    """Updates, params and the state's anchor must have one structure and matching shapes."""
+    t_u, t_p, t_a = (jax.tree_util.tree_structure(t) for t in (updates, params, anchor))
+    if t_u != t_p:
+        raise ValueError(
+            f"{what}: the updates and the params have different tree structures:\n  updates: "
+            f"{t_u}\n  params:  {t_p}"
+        )
+    if t_p != t_a:
+        raise ValueError(
+            f"{what}: the params do not have the structure of the params the state was "
+            f"initialised with:\n  params: {t_p}\n  init:   {t_a}"
+        )
+    flat_u, _ = flatten_with_paths(updates)
+    for (path, g), p, a in zip(
+        flat_u, jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(anchor), strict=True
+    ):
+        if jnp.shape(g) != jnp.shape(p) or jnp.shape(p) != jnp.shape(a):
+            raise ValueError(
+                f"{what}: gradient {describe_leaf(path, g)}, parameter {describe_leaf(path, p)} "
+                f"and the parameter at init {describe_leaf(path, a)} must have one shape."
+            )
+
+
+def prodigy_step(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    betas: tuple[float, float],
+    beta3: float | None,
+    eps: ArrayLike,
+    estim_lr0: ArrayLike,
+    estim_lr_coef: ArrayLike,
+    weight_decay: ArrayLike,
+    safeguard_warmup: bool,
+    bias_correction: bool,
+    max_growth: ArrayLike | None,
+    state_dtype: Any,
+) -> optax.GradientTransformation:
+    """Prodigy's step before the learning rate (eqs. 22–27); ``optimizers.prodigy`` documents it.
+
+    The direction is ``bc_t (m_t / (√v_t + η_t ε) + λ w_t)`` with η inside the moments (eqs.
+    22–23) and ``bc_t = √(1-β₂^k)/(1-β₁^k)`` (or 1); the step size is the prodigy rule with EMAs
+    whose weights follow Prodigy's code: ``dlr_t = η_t lr_t bc_t`` and, divided by ``η_0``,
+    ``w_r = η_t dlr_t``, ``w_s = η_t dlr_t`` (``η_t²`` with ``safeguard_warmup``).
+    """
+    what = "prodigy"
+    b1, b2 = check_betas(betas, what, "betas")
+    if beta3 is None:
+        beta3 = b2**0.5
+    elif not isinstance(beta3, numbers.Real) or not 0 <= beta3 < 1:
+        raise ValueError(f"{what}: beta3 must be None or a number in [0, 1), got {beta3!r}.")
+    check_positive("learning_rate", learning_rate, what, allow_zero=True)
+    check_positive("eps", eps, what, allow_zero=True)
+    check_positive("weight_decay", weight_decay, what, allow_zero=True)
+    for name, flag in (
+        ("safeguard_warmup", safeguard_warmup),
+        ("bias_correction", bias_correction),
+    ):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{what}: {name} must be True or False, got {flag!r}.")
+
+    def correction(count, dtype):
+        if not bias_correction:
+            return jnp.ones([], dtype)
+        k = count + 1
+        return jnp.asarray(((1 - b2**k) ** 0.5) / (1 - b1**k), dtype)
+
+    def ema_weights(eta, count):
+        dlr = jnp.asarray(
+            eta * value_at(learning_rate, count) * correction(count, eta.dtype), eta.dtype
+        )
+        ratio = eta / jnp.asarray(estim_lr0, eta.dtype)
+        return ratio * dlr, ratio * (eta if safeguard_warmup else dlr)
+
+    def init(params):
+        zeros = lambda p: jnp.zeros(jnp.shape(p), leaf_dtype(p, state_dtype))  # noqa: E731
+        return ProdigyMomentsState(mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+
+    def update(updates, state, params, eta, count):
+        bc = correction(count, eta.dtype)
+
+        def leaf(g, m, v, p):
+            dg = eta * _compute(g)  # η_t g_t: η sits inside both moments (eqs. 22-23)
+            m = b1 * m + (1 - b1) * dg
+            v = b2 * v + (1 - b2) * dg * dg
+            d = safe_div(m, jnp.sqrt(v) + eta * eps) + weight_decay * _compute(p)
+            return bc * d, m, v
+
+        out = jax.tree.map(leaf, updates, state.mu, state.nu, params)
+        is_out = lambda x: isinstance(x, tuple)  # noqa: E731
+        part = lambda i, like: jax.tree.map(  # noqa: E731
+            lambda o, x: o[i].astype(x.dtype), out, like, is_leaf=is_out
+        )
+        return part(0, updates), ProdigyMomentsState(mu=part(1, state.mu), nu=part(2, state.nu))
+
+    return _escape_velocity(
+        _Direction(init, update),
+        norm=linf(),
+        init_lr=estim_lr0,
+        rule="prodigy",
+        anchor="initial",
+        monotone=True,
+        max_growth=max_growth,
+        beta3=beta3,
+        ema_weights=ema_weights,
+        state_dtype=state_dtype,
+        what=what,
+        coef=estim_lr_coef,
+    )

@@ -5,12 +5,14 @@ first-class ``optax.GradientTransformation`` pieces (Bernstein & Newhouse, *Old 
 Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
-from normtx import dims, linalg, norms, optimizers
+from normtx import dims, linalg, norms, optimizers, roles
 from normtx.transforms import (
     EscapeVelocityState,
     ScaleByDualNormState,
     dualize,
     escape_velocity_lr,
+    modular_norm,
+    modular_norm_partition,
     scale_by_dual_norm,
 )
 
@@ -24,7 +26,10 @@ __all__ = [
     "dualize",
     "escape_velocity_lr",
     "linalg",
+    "modular_norm",
+    "modular_norm_partition",
     "norms",
     "optimizers",
+    "roles",
     "scale_by_dual_norm",
 ]

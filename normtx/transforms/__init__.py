@@ -6,12 +6,22 @@ from normtx.transforms.escape_velocity import (
     ProdigyMomentsState,
     escape_velocity_lr,
 )
+from normtx.transforms.modular import (
+    ModularNormPartitionState,
+    RoleModular,
+    modular_norm,
+    modular_norm_partition,
+)
 
 __all__ = [
     "EscapeVelocityState",
+    "ModularNormPartitionState",
     "ProdigyMomentsState",
+    "RoleModular",
     "ScaleByDualNormState",
     "dualize",
     "escape_velocity_lr",
+    "modular_norm",
+    "modular_norm_partition",
     "scale_by_dual_norm",
 ]

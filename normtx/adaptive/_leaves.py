@@ -1,0 +1,122 @@
+"""Which leaves the adaptive transforms see as matrices, and the checks they share.
+
+A 2-D leaf is a kernel ``(fan_in, fan_out)``. A leaf of higher rank is a batch of matrices once it
+has dimension numbers (``normtx.dims``: a conv kernel ``HWIO`` is ``CONV_HWIO``, a stacked layer
+``(n_layers, d_in, d_out)`` is ``DimensionNumbers((1,), (2,))``); without them it is an error,
+never a guess. A leaf of rank 0 or 1 (a bias, a gain) is a *vector*: each transform states what it
+does with vectors through an explicit ``vectors=`` policy, and the default is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
+from normtx.dims import DENSE, DimensionNumbers, normalize_axes
+
+__all__ = [
+    "NEEDS_PARAMS",
+    "DimsSpec",
+    "check_float_leaves",
+    "check_probability",
+    "matrix_shape",
+    "resolve_matrix_leaves",
+]
+
+DimsSpec = DimensionNumbers | Any | Callable[[str, jax.Array], DimensionNumbers | None] | None
+"""``DimensionNumbers`` for every leaf, a pytree prefix of them (``None`` = the default: a 2-D
+leaf is ``(fan_in, fan_out)``), or ``(path, leaf) -> DimensionNumbers | None``."""
+
+
+NEEDS_PARAMS = "this transform needs the params: call tx.update(updates, state, params)."
+
+
+def check_float_leaves(tree: Any, what: str) -> list[tuple[str, Any]]:
+    """``[(path, leaf), ...]``; raises ``ValueError`` naming any leaf that is not real floating."""
+    flat, _ = flatten_with_paths(tree)
+    for path, leaf in flat:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"{what}: leaf {describe_leaf(path, leaf)} is not a real floating array; "
+                "optimizer statistics are defined for float parameters only."
+            )
+    return flat
+
+
+def check_probability(name: str, value: Any, what: str, *, allow_one: bool = False) -> None:
+    """Raises ``ValueError`` unless ``0 <= value < 1`` (``<= 1`` with ``allow_one``).
+
+    Arrays pass unchecked (``optax.inject_hyperparams`` calls factories with traced values).
+    """
+    if hasattr(value, "dtype") and not isinstance(value, numbers.Real):
+        return
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{what}: {name} must be a number, got {value!r}.")
+    ok = 0 <= value <= 1 if allow_one else 0 <= value < 1
+    if not ok:
+        upper = "<= 1" if allow_one else "< 1"
+        raise ValueError(f"{what}: {name} must satisfy 0 <= {name} {upper}, got {value!r}.")
+
+
+def matrix_shape(shape: tuple[int, ...], dims: DimensionNumbers) -> tuple[int, int, int]:
+    """``(batch, d_in, d_out)``: the shape ``normtx.dims.as_matrices`` gives a leaf of ``shape``."""
+    fin, fout = dims
+    batch = [s for a, s in enumerate(shape) if a not in fin and a not in fout]
+    return (
+        math.prod(batch),
+        math.prod(shape[a] for a in fin),
+        math.prod(shape[a] for a in fout),
+    )
+
+
+def resolve_matrix_leaves(
+    params: Any,
+    dimension_numbers: DimsSpec,
+    *,
+    what: str,
+    vectors_ok: bool,
+    vector_hint: str,
+) -> list[tuple[str, Any, DimensionNumbers | None]]:
+    """``[(path, leaf, dims_or_None), ...]``: dims for a matrix leaf, ``None`` for a vector leaf.
+
+    Raises ``ValueError`` naming the leaf's path, shape and dtype for a non-float leaf, for a vector
+    leaf when ``vectors_ok`` is false (the message ends with ``vector_hint``), and for a leaf of rank
+    > 2 without dimension numbers.
+    """
+    check_float_leaves(params, what)
+    triples = broadcast_to_leaves(
+        dimension_numbers,
+        params,
+        is_value=lambda x: isinstance(x, DimensionNumbers),
+        what=what,
+        expected="normtx.dims.DimensionNumbers",
+    )
+    out = []
+    for path, leaf, dims in triples:
+        shape = tuple(jnp.shape(leaf))
+        if dims is not None:
+            out.append((path, leaf, normalize_axes(shape, dims[0], dims[1], what=what, path=path)))
+        elif len(shape) < 2:
+            if not vectors_ok:
+                raise ValueError(
+                    f"{what}: leaf {describe_leaf(path, leaf)} is not a matrix. {vector_hint}"
+                )
+            out.append((path, leaf, None))
+        elif len(shape) == 2:
+            out.append((path, leaf, DENSE))
+        else:
+            raise ValueError(
+                f"{what}: leaf {describe_leaf(path, leaf)} has rank {len(shape)}; only a 2-D "
+                "kernel (fan_in, fan_out) is a matrix without dimension numbers. Pass "
+                "dimension_numbers (e.g. normtx.dims.CONV_HWIO for a conv kernel HWIO, "
+                "normtx.dims.DimensionNumbers((1,), (2,)) for a stacked (n_layers, d_in, d_out) "
+                "leaf), as one value, a pytree prefix of the params, or a callable "
+                "(path, leaf) -> DimensionNumbers | None."
+            )
+    return out

@@ -1,0 +1,80 @@
+"""Shared harness for the adaptive-family tests: run a transform on a gradient sequence, and
+train a small Flax CNN on scikit-learn's bundled digits."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def random_grads(seed: int, shape, steps: int, dtype=np.float32, scale: float = 1.0):
+    """``steps`` standard-normal gradients of ``shape`` (a fixed, oblivious sequence)."""
+    rng = np.random.default_rng(seed)
+    return [(scale * rng.standard_normal(shape)).astype(dtype) for _ in range(steps)]
+
+
+def run(tx: optax.GradientTransformation, w0, grads, *, jit: bool = False):
+    """``[w_1, ..., w_{T+1}]`` (NumPy float64) and the updates, applying ``tx`` to ``grads``.
+
+    ``w0`` and every gradient are pytrees (or arrays) of the same structure.
+    """
+    update = jax.jit(tx.update) if jit else tx.update
+    w, state = w0, tx.init(w0)
+    ws, ups = [jax.tree.map(lambda x: np.asarray(x, np.float64), w0)], []
+    for g in grads:
+        u, state = update(g, state, w)
+        w = optax.apply_updates(w, u)
+        ws.append(jax.tree.map(lambda x: np.asarray(x, np.float64), w))
+        ups.append(jax.tree.map(lambda x: np.asarray(x, np.float64), u))
+    return ws, ups
+
+
+@functools.cache
+def digits_data():
+    """The 8×8 digits of ``sklearn.datasets.load_digits`` (bundled, no download), NHWC in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).reshape(-1, 8, 8, 1).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(y.astype(np.int32))
+
+
+def train_digits_cnn(tx: optax.GradientTransformation, *, steps: int = 60, batch: int = 128):
+    """Trains a two-conv Flax CNN with ``tx``; returns the per-step training losses (NumPy)."""
+    from flax import linen as nn
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3))(x))
+            x = nn.avg_pool(x, (2, 2), (2, 2))
+            x = nn.relu(nn.Conv(16, (3, 3))(x))
+            x = x.reshape(x.shape[0], -1)
+            return nn.Dense(10)(x)
+
+    x, y = digits_data()
+    model = CNN()
+    params = model.init(jax.random.key(0), x[:1])
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, i):
+        idx = (i * batch + jnp.arange(batch)) % x.shape[0]
+
+        def loss_fn(p):
+            logits = model.apply(p, x[idx])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for i in range(steps):
+        params, state, loss = step(params, state, i)
+        losses.append(loss)
+    return np.asarray(jax.device_get(losses), np.float64)

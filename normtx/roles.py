@@ -629,21 +629,21 @@ def default_norms() -> dict[str, Norm]:
     }
 
 
-def _bind(norm: Norm | None, role: Role, path: str, leaf) -> Norm | None:
+def _bind(norm: Norm | None, role: Role, path: str, leaf, what: str) -> Norm | None:
     """``norm`` with the role's dimension numbers (operator) or slice axes (vector)."""
     if norm is None:
         return None
     if isinstance(norm, OperatorNorm):
         if not role.is_matrix:
             raise ValueError(
-                f"leaf {describe_leaf(path, leaf)} has role {role.label!r}, whose slices are "
+                f"{what}: leaf {describe_leaf(path, leaf)} has role {role.label!r}, whose slices are "
                 f"vectors, but its norm {norm.name} is a matrix (operator) norm. Give the "
                 f"{role.name!r} role a vector norm (norms={{{role.name!r}: normtx.norms.rms()}}) "
                 "or relabel the leaf."
             )
         if norm.fan_in_axes is not None and (norm.fan_in_axes, norm.fan_out_axes) != role.dims:
             raise ValueError(
-                f"leaf {describe_leaf(path, leaf)}: norm {norm.name} has fan_in_axes="
+                f"{what}: leaf {describe_leaf(path, leaf)}: norm {norm.name} has fan_in_axes="
                 f"{norm.fan_in_axes}, fan_out_axes={norm.fan_out_axes}, but its role "
                 f"{role.label!r} has {role.describe_axes()}. Leave the norm's axes unset (the "
                 "role supplies them) or relabel the leaf with a Role of those axes."
@@ -654,7 +654,7 @@ def _bind(norm: Norm | None, role: Role, path: str, leaf) -> Norm | None:
     if isinstance(norm, VectorNorm):
         if norm.batch_axes and norm.batch_axes != role.slice_axes:
             raise ValueError(
-                f"leaf {describe_leaf(path, leaf)}: norm {norm.name} has batch_axes="
+                f"{what}: leaf {describe_leaf(path, leaf)}: norm {norm.name} has batch_axes="
                 f"{norm.batch_axes}, but its role {role.label!r} slices along "
                 f"{role.slice_axes}. Leave batch_axes unset (the role supplies them)."
             )
@@ -753,7 +753,7 @@ def assign(
         params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch, what=what
     )
     table = merge_norms(norms, what)
-    bound = [_bind(table[role.name], role, path, leaf) for path, leaf, role in resolved]
+    bound = [_bind(table[role.name], role, path, leaf, what) for path, leaf, role in resolved]
     for (path, leaf, _), norm in zip(resolved, bound, strict=True):
         if norm is not None:
             try:

@@ -34,11 +34,14 @@ __all__ = [
 ]
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``--quick`` (small settings for CI smoke tests) and ``--out`` (results folder)."""
+def parse_args(
+    description: str, argv: Sequence[str] | None = None, *, out: pathlib.Path = RESULTS
+) -> argparse.Namespace:
+    """``--quick`` (small settings for CI smoke tests) and ``--out`` (results folder, default
+    ``out``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small settings (CI smoke test)")
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results folder")
+    parser.add_argument("--out", type=pathlib.Path, default=out, help="results folder")
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,254 @@
+"""The one training loop behind the demo and every benchmark.
+
+A ``Task`` bundles a model factory, a loss, evaluation metrics, the training data (device arrays)
+and a fixed evaluation batch. ``train(task, tx, ...)`` then
+
+- initialises the model from ``seed`` (the same initial weights for every optimizer),
+- draws the data order from ``seed`` alone (``batch_order``: the same batches, in the same order,
+  for every optimizer given the seed),
+- runs ``eval_every`` steps at a time inside one jitted ``lax.scan`` (one compile per run, timed
+  apart from training), evaluates after each chunk, and logs validation metrics against steps and
+  against training wall time (compile and evaluation excluded),
+- shows a tqdm bar, and stops early when the training loss stops being finite (``diverged``).
+
+Parameters are the model's ``nnx.Param`` state as a plain nested dict (``nnx.to_pure_dict``), so
+optimizers and ``normtx.roles.infer`` see paths such as ``blocks/0/attn/q_proj/kernel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+__all__ = [
+    "Run",
+    "Task",
+    "batch_order",
+    "init_params",
+    "make_train_step",
+    "plot_runs",
+    "train",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A training problem.
+
+    Attributes:
+      name: short name recorded in results (``'charlm'``, ``'digits-mlp'``).
+      make_model: ``rngs -> nnx.Module``.
+      loss: ``(model, batch) -> scalar`` mean training loss.
+      metrics: ``(model, batch) -> {'loss': …, …}`` evaluation metrics (scalars).
+      train_data: a pytree of device arrays holding the whole training set.
+      eval_data: one fixed evaluation batch (a pytree of arrays).
+      num_positions: batches are drawn as integer positions in ``[0, num_positions)``.
+      get_batch: ``(train_data, positions) -> batch``, pure ``jnp`` (runs inside jit).
+      info: a JSON-able description (data, model size) recorded beside results.
+    """
+
+    name: str
+    make_model: Callable[[nnx.Rngs], nnx.Module]
+    loss: Callable[[nnx.Module, Any], jax.Array]
+    metrics: Callable[[nnx.Module, Any], dict[str, jax.Array]]
+    train_data: Any
+    eval_data: Any
+    num_positions: int
+    get_batch: Callable[[Any, jax.Array], Any]
+    info: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Run:
+    """The log of one training run (``to_json`` drops the weights)."""
+
+    name: str
+    steps: list[int]  # steps at which the model was evaluated (0 = initial weights)
+    val: dict[str, list[float]]  # evaluation metrics at those steps
+    train_loss: list[float]  # mean training loss over the chunk that ended at each step (>0)
+    wall_s: list[float]  # cumulative training time at each step (compile, evaluation excluded)
+    compile_s: float  # time to compile the training chunk
+    diverged: bool  # the training loss stopped being finite (the run stopped there)
+    graphdef: Any = dataclasses.field(repr=False)
+    params: Any = dataclasses.field(repr=False)
+
+    @property
+    def final_val_loss(self) -> float:
+        """Validation loss after the last step, ``inf`` if the run diverged."""
+        return math.inf if self.diverged else self.val["loss"][-1]
+
+    def model(self) -> nnx.Module:
+        """The trained model."""
+        return nnx.merge(self.graphdef, self.params)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "diverged": self.diverged,
+            "compile_s": self.compile_s,
+            "steps": self.steps,
+            "wall_s": self.wall_s,
+            "train_loss": self.train_loss,
+            "val": self.val,
+        }
+
+
+def init_params(task: Task, seed: int) -> tuple[Any, dict]:
+    """``(graphdef, params)`` of the task's model initialised from ``seed``."""
+    graphdef, state = nnx.split(task.make_model(nnx.Rngs(seed)), nnx.Param)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def batch_order(seed: int, steps: int, batch_size: int, num_positions: int) -> np.ndarray:
+    """``(steps, batch_size)`` int32 positions: the data order, a function of the seed only."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    return rng.integers(0, num_positions, size=(steps, batch_size), dtype=np.int32)
+
+
+def make_train_step(task: Task, graphdef: Any, tx: optax.GradientTransformation) -> Callable:
+    """The pure train step ``(params, opt_state, train_data, positions) -> (params, opt_state,
+    loss)``: one gradient, one optimizer update."""
+
+    def step(params, opt_state, data, positions):
+        batch = task.get_batch(data, positions)
+        loss_fn = lambda p: task.loss(nnx.merge(graphdef, p), batch)  # noqa: E731
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def _make_chunk(task: Task, graphdef: Any, tx: optax.GradientTransformation):
+    step = make_train_step(task, graphdef, tx)
+
+    def chunk(params, opt_state, data, positions):
+        def body(carry, pos):
+            params, opt_state, loss = step(*carry, data, pos)
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), positions)
+        return params, opt_state, losses
+
+    return jax.jit(chunk, donate_argnums=(0, 1))
+
+
+def _make_eval(task: Task, graphdef: Any):
+    return jax.jit(lambda params, batch: task.metrics(nnx.merge(graphdef, params), batch))
+
+
+def train(
+    task: Task,
+    tx: optax.GradientTransformation,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    eval_every: int = 50,
+    name: str = "",
+    progress: bool = True,
+) -> Run:
+    """Trains ``task``'s model with ``tx`` for ``steps`` steps (see the module docstring).
+
+    ``steps`` must be a multiple of ``eval_every``; every run with the same ``seed`` starts from
+    the same weights and sees the same batches.
+    """
+    if steps <= 0 or eval_every <= 0 or steps % eval_every:
+        raise ValueError(
+            f"train: steps ({steps}) must be a positive multiple of eval_every ({eval_every})."
+        )
+    graphdef, params = init_params(task, seed)
+    order = batch_order(seed, steps, batch_size, task.num_positions)
+    opt_state = tx.init(params)
+    evaluate = _make_eval(task, graphdef)
+
+    start = time.perf_counter()
+    chunk = (
+        _make_chunk(task, graphdef, tx)
+        .lower(params, opt_state, task.train_data, order[:eval_every])
+        .compile()
+    )
+    compile_s = time.perf_counter() - start
+
+    def record(metrics):
+        for k, v in jax.device_get(metrics).items():
+            val.setdefault(k, []).append(float(v))
+
+    val: dict[str, list[float]] = {}
+    record(evaluate(params, task.eval_data))
+    logged_steps, train_loss, wall_s, elapsed, diverged = [0], [], [0.0], 0.0, False
+    bar = tqdm(total=steps, desc=name or task.name, disable=not progress, leave=True)
+    for t in range(eval_every, steps + 1, eval_every):
+        start = time.perf_counter()
+        params, opt_state, losses = chunk(
+            params, opt_state, task.train_data, order[t - eval_every : t]
+        )
+        losses = np.asarray(losses)  # blocks until the chunk is done
+        elapsed += time.perf_counter() - start
+        bar.update(eval_every)
+        if not np.all(np.isfinite(losses)):
+            diverged = True
+            bar.set_postfix_str("diverged")
+            break
+        record(evaluate(params, task.eval_data))
+        logged_steps.append(t)
+        train_loss.append(float(losses.mean()))
+        wall_s.append(elapsed)
+        bar.set_postfix(train=f"{train_loss[-1]:.3f}", val=f"{val['loss'][-1]:.3f}")
+    bar.close()
+    return Run(
+        name=name or task.name,
+        steps=logged_steps,
+        val=val,
+        train_loss=train_loss,
+        wall_s=wall_s,
+        compile_s=compile_s,
+        diverged=diverged,
+        graphdef=graphdef,
+        params=params,
+    )
+
+
+def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: str = "loss") -> None:
+    """Two panels, validation ``metric`` against steps and against training wall time; a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for run in runs:
+        ys = run.val[metric][: len(run.steps)]
+        axes[0].plot(run.steps, ys, label=run.name)
+        axes[1].plot(run.wall_s, ys, label=run.name)
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("training wall time (s)")
+    axes[0].set_ylabel(f"validation {metric}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def tree_size(tree: Any) -> int:
+    """Number of floating-point entries of a pytree of arrays or ``ShapeDtypeStruct``s."""
+    return sum(
+        int(np.prod(x.shape))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    )

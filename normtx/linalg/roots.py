@@ -55,7 +55,7 @@ from jax import lax
 
 from normtx._numerics import compute_dtype, safe_div
 
-__all__ = ["INVERSE_ROOT_METHODS", "InversePthRootInfo", "inverse_pth_root"]
+__all__ = ["INVERSE_ROOT_METHODS", "InversePthRootInfo", "inverse_pth_root", "inverse_root_polar"]
 
 InverseRootMethod = Literal["newton", "eigh"]
 INVERSE_ROOT_METHODS: tuple[str, ...] = ("newton", "eigh")
@@ -249,3 +249,34 @@ def _inverse_pth_root(
     factor = jnp.where(positive, jnp.where(positive, scale, 1.0) ** (-1.0 / p), 0.0)
     root = root * factor[..., None, None]
     return root, info
+
+
+def inverse_root_polar(g: jax.Array, *, ridge: float = 1e-6, max_iters: int = 100) -> jax.Array:
+    r"""The polar factor by an inverse square root: ``(G Gᵀ + εI)^{-1/2} G`` on the short side.
+
+    Anthology Appendix A, route 3: ``(G Gᵀ)^{-1/4} G (Gᵀ G)^{-1/4} = (G Gᵀ)^{-1/2} G = U Vᵀ``.
+    The Gram matrix of the short side is formed from ``G / max|G|`` and rooted by
+    ``inverse_pth_root(·, 2, ridge=ridge)``, so singular value σ of the scaled ``G`` maps to
+    ``σ / √(σ² + ε)`` with ``ε = ridge · ‖Ĝ Ĝᵀ‖_F``: exact ``U Vᵀ`` up to that ridge for
+    well-conditioned ``G``, and 0 on its null space. Forming ``G Gᵀ`` squares the condition number,
+    so in float32 the result is accurate only while ``σ_min/σ_max`` is well above ``√eps ≈ 3e-4``.
+
+    Args:
+      g: matrices of shape ``(..., m, n)``.
+      ridge: relative ridge of ``inverse_pth_root``.
+      max_iters: Newton iterations of ``inverse_pth_root``.
+
+    Returns:
+      ``(G Gᵀ + εI)^{-1/2} G`` in ``g``'s compute dtype; zero for the zero matrix.
+    """
+    g = jnp.asarray(g)
+    if g.ndim < 2 or not jnp.issubdtype(g.dtype, jnp.floating):
+        raise ValueError(
+            f"inverse_root_polar: expected float matrices (..., m, n), got {g.shape} {g.dtype}."
+        )
+    x = g.astype(compute_dtype(g.dtype))
+    x = safe_div(x, jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))
+    xt = jnp.swapaxes(x, -1, -2)
+    if x.shape[-2] <= x.shape[-1]:
+        return _matmul(inverse_pth_root(_matmul(x, xt), 2, ridge=ridge, max_iters=max_iters), x)
+    return _matmul(x, inverse_pth_root(_matmul(xt, x), 2, ridge=ridge, max_iters=max_iters))

@@ -1,0 +1,300 @@
+r"""Newton–Schulz polynomial iterations for the polar factor ``U Vᵀ`` (anthology Appendix A, eq. 37).
+
+Every step applies an odd quintic to each singular value of ``X``::
+
+    A = X Xᵀ,   B = b A + c A²,   X <- a X + B X        (= a X + b (X Xᵀ) X + c (X Xᵀ)² X)
+
+starting from ``X₀ = G / ‖G‖_F`` (all singular values in ``(0, 1]``) on the short side of ``G``
+(a tall matrix is transposed, so ``A`` is the smaller Gram matrix). Schedules of ``(a, b, c)``:
+
+- ``'cubic'``: ``(3/2, -1/2, 0)``, anthology eq. 36; converges to ``U Vᵀ`` for singular values in
+  ``(0, √3)``, slowly at first (a small σ grows by 3/2 per step). With ``c = 0`` a step costs
+  two matmuls instead of three.
+- ``'muon'``: ``(3.4445, -4.7750, 2.0315)`` (Jordan et al. 2024): steep at 0, but it does not
+  converge — singular values end in about ``[0.68, 1.13]``.
+- ``'polar_express'``: the per-step optimal schedule of Amsel et al. (2025), computed here in
+  float64 by ``polar_express_coefficients``: step ``t`` applies the odd quintic that best
+  approximates 1 in the sup norm on the interval ``[l_t, u_t]`` known to hold the singular values,
+  and the composition is the optimal polynomial of its degree (their Theorem 4.1). It converges
+  to ``U Vᵀ`` and needs about half the steps of ``'cubic'``.
+- an array of shape ``(k, 3)``: one row per step.
+
+Steps beyond the length of a schedule repeat its last row (for ``'polar_express'`` the convergent
+limit ``(15/8, -5/4, 3/8)``).
+
+Numerics: ``G`` is first divided by its largest entry and then by its Frobenius norm, in float32 or
+wider, so ``G · 2^k`` gives the same direction for any representable scale and the zero matrix maps
+to zero (never NaN). ``compute_dtype=jnp.bfloat16`` runs the matmuls in bfloat16 with float32
+accumulation (``preferred_element_type``) while ``X`` itself stays in float32.
+
+References:
+  Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology* (2024), Appendix A, eq. 36–37.
+  Amsel, Persson, Musco & Gower, *The Polar Express: Optimal Matrix Sign Methods and Their
+  Application to the Muon Algorithm*, arXiv:2505.16932 (2025), §4.2–4.4, Algorithm 1, App. G.
+  Higham, *Functions of Matrices* (2008), §8.3 and eq. 5.22.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike, DTypeLike
+
+from normtx._numerics import compute_dtype as _compute_dtype
+from normtx._numerics import safe_div
+
+__all__ = [
+    "NS_SCHEDULES",
+    "newton_schulz",
+    "newton_schulz_schedule",
+    "optimal_odd_quintic",
+    "polar_express_coefficients",
+]
+
+NsSchedule = Literal["cubic", "muon", "polar_express"]
+NS_SCHEDULES: tuple[str, ...] = ("cubic", "muon", "polar_express")
+
+# Amsel et al. (2025), §4.3–4.4 and Appendix G: the lower bound ℓ = 1e-3 assumed for the
+# smallest normalised singular value, the cushion that keeps every step's polynomial from mapping
+# large singular values close to zero, and the safety factor x -> p(x / 1.01) against round-off.
+PE_LOWER = 1e-3
+PE_CUSHION = 0.02407327424182761
+PE_SAFETY = 1.01
+# Above this ratio l/u the optimal quintic is numerically its limit (15x - 10x³ + 3x⁵)/8 at u = 1.
+_LIMIT_RATIO = 1.0 - 5e-6
+_LIMIT = (15.0 / 8.0, -10.0 / 8.0, 3.0 / 8.0)
+
+
+def _odd_quintic(coeffs, x):
+    a, b, c = coeffs
+    return a * x + b * x**3 + c * x**5
+
+
+def optimal_odd_quintic(lo: float, hi: float) -> tuple[float, float, float]:
+    """The odd quintic ``p(x) = a x + b x³ + c x⁵`` minimising ``max_{[lo, hi]} |1 - p(x)|``.
+
+    A Remez exchange in float64: for reference points ``lo < q < r < hi`` solve the 4 × 4 system
+    ``p(x_i) = 1 ∓ E`` (signs alternating, ``p(lo) = 1 - E``) for ``(a, b, c, E)``, then move
+    ``q, r`` to the roots of ``p'`` (a quadratic in ``x²``), until they stop moving. The result
+    equioscillates on four points, which by Chebyshev's theorem (the span of ``x, x³, x⁵`` is a
+    Haar space on ``(0, ∞)``) makes it the unique best approximation.
+    """
+    if not 0 < lo <= hi:
+        raise ValueError(f"optimal_odd_quintic: need 0 < lo <= hi, got lo={lo!r}, hi={hi!r}.")
+    if lo / hi >= _LIMIT_RATIO:
+        return (_LIMIT[0] / hi, _LIMIT[1] / hi**3, _LIMIT[2] / hi**5)
+    q, r = lo + (hi - lo) / 4.0, lo + 3.0 * (hi - lo) / 4.0
+    signs = np.array([-1.0, 1.0, -1.0, 1.0])
+    for _ in range(100):
+        pts = np.array([lo, q, r, hi])
+        system = np.stack([pts, pts**3, pts**5, -signs], axis=1)
+        a, b, c, _ = np.linalg.solve(system, np.ones(4))
+        disc = math.sqrt(max(9.0 * b * b - 20.0 * a * c, 0.0))
+        q_new = math.sqrt((-3.0 * b - disc) / (10.0 * c))
+        r_new = math.sqrt((-3.0 * b + disc) / (10.0 * c))
+        moved = max(abs(q_new - q), abs(r_new - r))
+        q, r = q_new, r_new
+        if moved <= 1e-15 * hi:
+            break
+    return float(a), float(b), float(c)
+
+
+@functools.lru_cache(maxsize=32)
+def _polar_express(lower: float, cushion: float, safety: float) -> tuple[tuple[float, ...], ...]:
+    lo, hi = lower, 1.0
+    steps = []
+    while lo / hi < _LIMIT_RATIO:
+        coeffs = optimal_odd_quintic(max(lo, cushion * hi), hi)
+        # With a cushion the polynomial is centred on [cushion·u, u]; rescale it so that the true
+        # interval [l, u] maps symmetrically around 1: p(l) + p(u) = 2.
+        k = 2.0 / (_odd_quintic(coeffs, lo) + _odd_quintic(coeffs, hi))
+        coeffs = tuple(k * v for v in coeffs)
+        lo = _odd_quintic(coeffs, lo)
+        hi = 2.0 - lo
+        steps.append((coeffs[0] / safety, coeffs[1] / safety**3, coeffs[2] / safety**5))
+    steps.append(_LIMIT)
+    return tuple(steps)
+
+
+def polar_express_coefficients(
+    *, lower: float = PE_LOWER, cushion: float = PE_CUSHION, safety: float = PE_SAFETY
+) -> np.ndarray:
+    """The Polar Express schedule as a float64 array ``(k, 3)`` of ``(a, b, c)`` per step.
+
+    Starting from ``[l₁, u₁] = [lower, 1]``, step ``t`` takes the optimal odd quintic on
+    ``[max(l_t, cushion · u_t), u_t]`` (``optimal_odd_quintic``), rescales it so that
+    ``p_t(l_t) + p_t(u_t) = 2``, and sets ``l_{t+1} = p_t(l_t)``, ``u_{t+1} = 2 - l_{t+1}``: every
+    singular value in ``[l_t, u_t]`` lands in ``[l_{t+1}, u_{t+1}]``. Each step is stored as
+    ``x -> p_t(x / safety)``; the schedule ends, once ``l/u`` is within ``5e-6`` of 1, with the
+    convergent limit ``(15/8, -5/4, 3/8)`` (no safety factor), which later steps repeat.
+    The defaults reproduce Algorithm 1 of Amsel et al. (2025).
+
+    Args:
+      lower: the assumed lower bound ``l₁`` on ``σ_min(G) / ‖G‖_F`` (in ``(0, 1)``).
+      cushion: the smallest ratio ``l/u`` a step is designed for (their §4.4; 0 for none).
+      safety: the safety factor ``>= 1`` (1 for none).
+
+    Returns:
+      A new float64 NumPy array of shape ``(k, 3)`` (``k = 8`` for the defaults).
+    """
+    if not 0 < lower < 1:
+        raise ValueError(f"polar_express_coefficients: lower must be in (0, 1), got {lower!r}.")
+    if not 0 <= cushion < 1:
+        raise ValueError(f"polar_express_coefficients: cushion must be in [0, 1), got {cushion!r}.")
+    if not safety >= 1:
+        raise ValueError(f"polar_express_coefficients: safety must be >= 1, got {safety!r}.")
+    return np.array(_polar_express(float(lower), float(cushion), float(safety)), np.float64)
+
+
+_FIXED = {
+    "cubic": np.array([[1.5, -0.5, 0.0]]),
+    "muon": np.array([[3.4445, -4.7750, 2.0315]]),
+}
+
+
+def newton_schulz_schedule(coefficients: NsSchedule | ArrayLike, steps: int) -> np.ndarray:
+    """The ``(steps, 3)`` float64 schedule: a named one or an array, its last row repeated."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"newton_schulz: steps must be a positive integer, got {steps!r}.")
+    if isinstance(coefficients, str):
+        if coefficients not in NS_SCHEDULES:
+            raise ValueError(
+                f"newton_schulz: unknown coefficients {coefficients!r}; expected one of "
+                f"{NS_SCHEDULES} or an array of shape (k, 3)."
+            )
+        table = (
+            polar_express_coefficients()
+            if coefficients == "polar_express"
+            else _FIXED[coefficients]
+        )
+    else:
+        try:
+            table = np.asarray(coefficients, np.float64)
+        except (TypeError, jax.errors.TracerArrayConversionError) as e:
+            raise ValueError(
+                "newton_schulz: coefficients must be a schedule name or a concrete array of shape "
+                f"(k, 3) (not a traced value), got {coefficients!r}."
+            ) from e
+        if table.ndim == 1 and table.shape == (3,):
+            table = table[None]
+        if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 1:
+            raise ValueError(
+                f"newton_schulz: coefficients must have shape (k, 3), got {table.shape}."
+            )
+        if not np.all(np.isfinite(table)):
+            raise ValueError("newton_schulz: coefficients must be finite.")
+    if steps <= table.shape[0]:
+        return table[:steps].copy()
+    return np.concatenate([table, np.repeat(table[-1:], steps - table.shape[0], axis=0)])
+
+
+def _normalised(g: jax.Array, eps: float) -> jax.Array:
+    """``Ĝ / (‖Ĝ‖_F + eps)`` with ``Ĝ = G / max|G|`` (scale free; 0 for 0)."""
+    x = safe_div(g, jnp.max(jnp.abs(g), axis=(-2, -1), keepdims=True))
+    fro = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+    return x / (fro + eps)
+
+
+def _dot(x: jax.Array, y: jax.Array, *, transpose_y: bool = False) -> jax.Array:
+    """Batched ``x @ y`` (or ``x @ yᵀ``) with accumulation in ``y``'s input dtype or float32."""
+    nb = x.ndim - 2
+    batch = tuple(range(nb))
+    contract = ((nb + 1,), (nb + 1,) if transpose_y else (nb,))
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return lax.dot_general(
+        x,
+        y,
+        (contract, (batch, batch)),
+        precision=lax.Precision.HIGHEST,
+        preferred_element_type=acc,
+    )
+
+
+def _iterate(x: jax.Array, schedule: np.ndarray, mm_dtype) -> jax.Array:
+    """Applies the schedule to ``x`` (short side first, work dtype); matmul inputs in ``mm_dtype``."""
+    cubic = bool(np.all(schedule[:, 2] == 0))
+    work = x.dtype
+
+    def step(x, abc):
+        a, b, c = abc[0].astype(work), abc[1].astype(work), abc[2].astype(work)
+        xm = x.astype(mm_dtype)
+        gram = _dot(xm, xm, transpose_y=True).astype(work)
+        if cubic:
+            poly = b * gram
+        else:
+            gm = gram.astype(mm_dtype)
+            poly = b * gram + c * _dot(gm, gm).astype(work)
+        return a * x + _dot(poly.astype(mm_dtype), xm).astype(work), None
+
+    steps = schedule.shape[0]
+    coeffs = jnp.asarray(schedule, work)
+    x, _ = lax.scan(step, x, coeffs, unroll=steps if steps <= 16 else 1)
+    return x
+
+
+def newton_schulz(
+    g: ArrayLike,
+    *,
+    steps: int = 5,
+    coefficients: NsSchedule | ArrayLike = "polar_express",
+    eps: float = 1e-7,
+    compute_dtype: DTypeLike | None = None,
+) -> jax.Array:
+    r"""Approximates the polar factor ``U Vᵀ`` of each matrix in ``g`` by a Newton–Schulz iteration.
+
+    .. math:: X_0 = \frac{G}{\|G\|_F},\qquad X_{t+1} = a_t X_t + b_t (X_t X_t^\top) X_t
+              + c_t (X_t X_t^\top)^2 X_t
+
+    Args:
+      g: matrices of shape ``(..., m, n)``; leading axes are a batch.
+      steps: the number of iterations (each costs three matmuls, two for ``'cubic'``).
+      coefficients: ``'polar_express'`` (default), ``'cubic'``, ``'muon'``, or an array of shape
+        ``(k, 3)`` of per-step ``(a, b, c)``; steps past its end repeat its last row.
+      eps: added to the Frobenius norm of ``G / max|G|`` (which is ``>= 1`` unless ``G = 0``), so it
+        changes a nonzero input's scale by at most a factor ``1 + eps`` and never its direction.
+      compute_dtype: the dtype of the matmul inputs (e.g. ``jnp.bfloat16``); products accumulate
+        in float32 or wider. Default: the work dtype (float32, or float64 for float64 input).
+
+    Returns:
+      ``X_steps`` of shape ``(..., m, n)`` in float32 (float64 for float64 input).
+
+    Raises:
+      ValueError: for an input of rank < 2 or a non-float dtype, ``steps < 1``, an unknown
+        schedule or a badly shaped coefficient array.
+
+    Example::
+
+      u = normtx.linalg.newton_schulz(grad, steps=8)              # ≈ U Vᵀ to ~1e-3
+      u = normtx.linalg.newton_schulz(grad, coefficients='muon')   # Muon's quintic
+
+    References:
+      Anthology Appendix A (eq. 36–37); Amsel et al. (2025), Algorithm 1.
+    """
+    g = jnp.asarray(g)
+    if g.ndim < 2:
+        raise ValueError(f"newton_schulz: expected matrices (..., m, n), got shape {g.shape}.")
+    if not jnp.issubdtype(g.dtype, jnp.floating):
+        raise ValueError(f"newton_schulz: expected a real floating array, got {g.dtype}.")
+    schedule = newton_schulz_schedule(coefficients, steps)
+    work = _compute_dtype(g.dtype)
+    mm_dtype = work if compute_dtype is None else jnp.dtype(compute_dtype)
+    if not jnp.issubdtype(mm_dtype, jnp.floating):
+        raise ValueError(f"newton_schulz: compute_dtype must be a float dtype, got {mm_dtype}.")
+    return _newton_schulz(g, schedule.tobytes(), steps, float(eps), mm_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _newton_schulz(g, schedule_bytes: bytes, steps: int, eps: float, mm_dtype) -> jax.Array:
+    schedule = np.frombuffer(schedule_bytes, np.float64).reshape(steps, 3)
+    x = g.astype(_compute_dtype(g.dtype))
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = jnp.swapaxes(x, -1, -2)
+    x = _iterate(_normalised(x, eps), schedule, mm_dtype)
+    return jnp.swapaxes(x, -1, -2) if tall else x

@@ -1,0 +1,34 @@
+"""Test matrices with a prescribed spectrum, and float64 polar-factor oracles (NumPy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import oracles as orc
+
+
+def with_singular_values(rng: np.random.Generator, m: int, n: int, sigma) -> np.ndarray:
+    """``U diag(σ) Vᵀ`` (float64, ``m × n``) with Haar-random orthonormal ``U``, ``V``."""
+    sigma = np.asarray(sigma, np.float64)
+    k = sigma.size
+    u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    return (u * sigma) @ v.T
+
+
+def spread(rng: np.random.Generator, m: int, n: int, low: float = 1e-3) -> np.ndarray:
+    """Singular values log-spaced over ``[low, 1]`` (condition number ``1/low``)."""
+    return with_singular_values(rng, m, n, np.geomspace(1.0, low, min(m, n)))
+
+
+def polar64(g) -> np.ndarray:
+    """``U Vᵀ`` in float64 for one matrix or a batch ``(..., m, n)``."""
+    g = np.asarray(g, np.float64)
+    flat = g.reshape(-1, *g.shape[-2:])
+    return np.stack([orc.polar(x) for x in flat]).reshape(g.shape)
+
+
+def rel_error(x, ref) -> float:
+    """``‖X - ref‖_F / ‖ref‖_F`` in float64."""
+    ref = np.asarray(ref, np.float64)
+    return float(np.linalg.norm(np.asarray(x, np.float64) - ref) / np.linalg.norm(ref))

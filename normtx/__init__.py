@@ -13,6 +13,7 @@ from normtx.transforms import (
     escape_velocity_lr,
     modular_norm,
     modular_norm_partition,
+    orthogonalize_newton_schulz,
     scale_by_dual_norm,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "modular_norm_partition",
     "norms",
     "optimizers",
+    "orthogonalize_newton_schulz",
     "roles",
     "scale_by_dual_norm",
 ]

@@ -12,6 +12,7 @@ from normtx.transforms.modular import (
     modular_norm,
     modular_norm_partition,
 )
+from normtx.transforms.orthogonalize import orthogonalize_newton_schulz
 
 __all__ = [
     "EscapeVelocityState",
@@ -23,5 +24,6 @@ __all__ = [
     "escape_velocity_lr",
     "modular_norm",
     "modular_norm_partition",
+    "orthogonalize_newton_schulz",
     "scale_by_dual_norm",
 ]

@@ -1,0 +1,207 @@
+"""``orthogonalize_newton_schulz``: the spectral direction ``U Vᵀ`` of every matrix leaf."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike, DTypeLike
+
+from normtx._pytree import broadcast_to_leaves, describe_leaf
+from normtx.dims import DimensionNumbers, as_matrices, normalize_axes
+from normtx.linalg.newton_schulz import NsSchedule, newton_schulz, newton_schulz_schedule
+from normtx.transforms._common import check_choice, check_positive
+
+__all__ = ["orthogonalize_newton_schulz"]
+
+Scale = Literal["spectral", "rms_to_rms", "muon"] | float
+DimsSpec = DimensionNumbers | Any | Callable[[str, jax.Array], DimensionNumbers | None] | None
+_WHAT = "orthogonalize_newton_schulz"
+_SCALES = ("spectral", "rms_to_rms", "muon")
+_ROUTE = (
+    "For a tree that mixes matrices with other leaves, send those leaves to another transform with "
+    "normtx.modular_norm_partition or optax.partition."
+)
+
+
+class _Leaf(NamedTuple):
+    """How one leaf becomes a batch of short-side-first matrices."""
+
+    dims: DimensionNumbers  # fan-in and fan-out axes of the leaf
+    tall: bool  # d_in > d_out: the (d_in, d_out) slices are transposed before the iteration
+    scale: float  # the factor applied to the polar factor of each slice
+
+
+def _is_dims(x) -> bool:
+    return isinstance(x, DimensionNumbers)
+
+
+def _scale_factor(scale: Scale, d_in: int, d_out: int) -> float:
+    if scale == "spectral":
+        return 1.0
+    if scale == "rms_to_rms":
+        return math.sqrt(d_out / d_in)
+    if scale == "muon":
+        return math.sqrt(max(1.0, d_out / d_in))
+    return float(scale)
+
+
+def _leaf_plan(path: str, leaf: Any, dims: DimensionNumbers | None, scale: Scale) -> _Leaf:
+    desc = describe_leaf(path, leaf)
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{_WHAT}: leaf {desc} is not a floating-point array; only float matrices can be "
+            f"orthogonalized. {_ROUTE}"
+        )
+    shape = tuple(np.shape(leaf))
+    if 0 in shape:
+        raise ValueError(f"{_WHAT}: leaf {desc} is empty. {_ROUTE}")
+    if dims is None:
+        if len(shape) < 2:
+            raise ValueError(
+                f"{_WHAT}: leaf {desc} is not a matrix (rank {len(shape)}): a bias, gain or "
+                f"scalar has no polar factor. {_ROUTE}"
+            )
+        if len(shape) > 2:
+            raise ValueError(
+                f"{_WHAT}: leaf {desc} has rank {len(shape)}; say which axes form the matrix with "
+                "dims=DimensionNumbers(fan_in_axes, fan_out_axes) — e.g. normtx.dims.CONV_HWIO "
+                "((0, 1, 2) -> (3,)) for a conv kernel, DimensionNumbers((1,), (2,)) for a stacked "
+                "(n_layers, d_in, d_out) leaf — given for every leaf, as a pytree, or as a "
+                f"callable (path, leaf) -> DimensionNumbers | None. {_ROUTE}"
+            )
+    try:
+        dn = normalize_axes(
+            shape,
+            None if dims is None else dims.fan_in_axes,
+            None if dims is None else dims.fan_out_axes,
+            what=_WHAT,
+            path=path,
+        )
+    except ValueError as e:
+        raise ValueError(f"{e} Leaf: {desc}.") from None
+    d_in = math.prod(shape[a] for a in dn.fan_in_axes)
+    d_out = math.prod(shape[a] for a in dn.fan_out_axes)
+    return _Leaf(dn, d_in > d_out, _scale_factor(scale, d_in, d_out))
+
+
+def orthogonalize_newton_schulz(
+    *,
+    steps: int = 5,
+    coefficients: NsSchedule | ArrayLike = "polar_express",
+    scale: Scale = "rms_to_rms",
+    dims: DimsSpec = None,
+    compute_dtype: DTypeLike | None = None,
+    batch_same_shapes: bool = True,
+) -> optax.GradientTransformation:
+    r"""Maps every matrix of every leaf to ``scale · U Vᵀ`` by a Newton–Schulz iteration.
+
+    For each matrix ``G = U Σ Vᵀ`` (a 2-D kernel ``(d_in, d_out)``, or each slice a leaf's ``dims``
+    pick out) the update is
+
+    .. math:: G \mapsto s \cdot X_T,\qquad X_T \approx U V^\top
+              \ (\text{``newton\_schulz``, anthology Appendix A, eq. 37})
+
+    with ``s = 1`` (``'spectral'``: the dualization of the spectral norm, Prop. 5),
+    ``s = √(d_out/d_in)`` (``'rms_to_rms'``: the dualization of the RMS→RMS norm, DESIGN §3),
+    ``s = √max(1, d_out/d_in)`` (``'muon'``: Muon's width scaling), or a given number. A conv
+    kernel or a scanned stack is a batch of matrices, each orthogonalized on its own.
+
+    With ``batch_same_shapes`` all matrices of the tree with the same short-side-first shape and
+    dtype are stacked and orthogonalized by one batched iteration (fewer, larger kernels inside
+    ``jit``); the result is the same as leaf by leaf.
+
+    Args:
+      steps: Newton–Schulz iterations (see ``normtx.linalg.newton_schulz``).
+      coefficients: ``'polar_express'``, ``'cubic'``, ``'muon'``, or an array ``(k, 3)``.
+      scale: ``'spectral'``, ``'rms_to_rms'``, ``'muon'``, or a positive number.
+      dims: ``DimensionNumbers`` for every leaf, a pytree prefix of them (``None`` entries: the
+        default), or a callable ``(path, leaf) -> DimensionNumbers | None``. Default: a 2-D leaf is
+        ``(0,) -> (1,)``; any other rank is an error.
+      compute_dtype: matmul input dtype of the iteration (e.g. ``jnp.bfloat16``; float32
+        accumulation); default float32 (float64 for float64 leaves).
+      batch_same_shapes: stack same-shape matrices into one batched iteration.
+
+    Returns:
+      An ``optax.GradientTransformation`` with empty state returning a descent direction (end
+      the chain with ``optax.scale_by_learning_rate``). Each leaf keeps its dtype; a zero
+      gradient gives a zero update.
+
+    Raises:
+      ValueError: for bad hyperparameters at construction, and at ``init`` for a leaf that is not
+        a float matrix (rank 1, integer, rank > 2 without dims), naming its path, shape and dtype.
+
+    Example::
+
+      tx = optax.chain(
+          optax.partition(
+              {"ns": normtx.orthogonalize_newton_schulz(dims=lambda p, x: normtx.dims.CONV_HWIO
+                                                        if x.ndim == 4 else None),
+               "adam": optax.scale_by_adam()},
+              lambda params: jax.tree.map(lambda x: "ns" if x.ndim >= 2 else "adam", params)),
+          optax.scale_by_learning_rate(0.02))
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology* (2024), Prop. 5, Appendix A.
+      Jordan et al., *Muon* (2024); Amsel et al., *The Polar Express*, arXiv:2505.16932 (2025).
+    """
+    schedule = newton_schulz_schedule(coefficients, steps)
+    if isinstance(scale, str):
+        check_choice("scale", scale, _SCALES, _WHAT)
+    elif isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+        check_positive("scale", scale, _WHAT)
+    else:
+        raise ValueError(f"{_WHAT}: scale must be one of {_SCALES} or a number > 0, got {scale!r}.")
+    if compute_dtype is not None and not jnp.issubdtype(jnp.dtype(compute_dtype), jnp.floating):
+        raise ValueError(f"{_WHAT}: compute_dtype must be a float dtype, got {compute_dtype!r}.")
+    if not isinstance(batch_same_shapes, bool):
+        raise ValueError(f"{_WHAT}: batch_same_shapes must be a bool, got {batch_same_shapes!r}.")
+
+    def plan(tree) -> list[_Leaf]:
+        triples = broadcast_to_leaves(
+            dims, tree, is_value=_is_dims, what=_WHAT, expected="DimensionNumbers"
+        )
+        return [_leaf_plan(p, x, d, scale) for p, x, d in triples]
+
+    def orthogonalize(stacked: jax.Array) -> jax.Array:
+        return newton_schulz(
+            stacked, steps=steps, coefficients=schedule, compute_dtype=compute_dtype
+        )
+
+    def init_fn(params):
+        plan(params)
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        plans = plan(updates)
+        mats, inverses = [], []
+        for g, lp in zip(leaves, plans, strict=True):
+            m, inverse = as_matrices(g, lp.dims)
+            mats.append(jnp.swapaxes(m, -1, -2) if lp.tall else m)
+            inverses.append(inverse)
+        groups: dict[Any, list[int]] = {}
+        for i, m in enumerate(mats):
+            key = (m.shape[1:], m.dtype) if batch_same_shapes else i
+            groups.setdefault(key, []).append(i)
+        outs: list[jax.Array | None] = [None] * len(mats)
+        for members in groups.values():
+            sizes = [mats[i].shape[0] for i in members]
+            result = orthogonalize(jnp.concatenate([mats[i] for i in members], axis=0))
+            for i, part in zip(members, jnp.split(result, np.cumsum(sizes)[:-1]), strict=True):
+                outs[i] = part
+        new = []
+        for g, lp, x, inverse in zip(leaves, plans, outs, inverses, strict=True):
+            x = jnp.swapaxes(x, -1, -2) if lp.tall else x
+            new.append(inverse(lp.scale * x).astype(g.dtype))
+        return jax.tree_util.tree_unflatten(treedef, new), state
+
+    return optax.GradientTransformation(init_fn, update_fn)

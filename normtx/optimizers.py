@@ -7,14 +7,30 @@ size), takes keyword-only typed hyperparameters validated at construction, and w
 
 from __future__ import annotations
 
-from typing import Any
+import numbers
+from collections.abc import Mapping
+from typing import Any, Literal
 
+import jax
 import optax
 from jax.typing import ArrayLike
 
-from normtx.transforms.escape_velocity import prodigy_step
+from normtx import roles as roles_lib
+from normtx._pytree import describe_leaf
+from normtx.norms import Norm, NormSpec, l2, linf, spectral
+from normtx.transforms._common import check_choice, check_positive
+from normtx.transforms.dualize import dualize, scale_by_dual_norm
+from normtx.transforms.escape_velocity import escape_velocity_lr, prodigy_step
+from normtx.transforms.modular import modular_norm, modular_norm_partition
 
-__all__: list[str] = ["prodigy"]
+__all__: list[str] = [
+    "modular_descent",
+    "normalized_sgd",
+    "prodigy",
+    "scion",
+    "sign_descent",
+    "spectral_descent",
+]
 
 
 def prodigy(
@@ -97,5 +113,386 @@ def prodigy(
             max_growth=max_growth,
             state_dtype=state_dtype,
         ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ---- steepest descent under one norm, the modular norm, Muon, Scion ----------------------------
+
+Step = Literal["unit", "dual_norm"]
+MuonScaling = Literal["muon", "rms_to_rms", "spectral"]
+POLAR_ROLES: tuple[str, ...] = ("hidden", "conv", "attention")
+"""Roles whose leaves Muon orthogonalizes (every other role is Muon's 'other' parameters)."""
+
+
+def _check_unit_interval(name: str, value: Any, what: str) -> None:
+    """``value`` in ``[0, 1)`` (Python numbers only: traced values pass)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not 0 <= value < 1:
+        raise ValueError(f"{what}: {name} must be in [0, 1), got {value!r}.")
+    check_positive(name, value, what, allow_zero=True)
+
+
+def _check_bool(name: str, value: Any, what: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what}: {name} must be True or False, got {value!r}.")
+
+
+def _momentum(beta: ArrayLike, nesterov: bool) -> optax.GradientTransformation:
+    """``m_t = β m_{t-1} + (1-β) g_t``; Nesterov: ``(1-β) g_t + β m_t`` (Muon's reference form).
+
+    ``optax.trace`` followed by ``optax.scale(1 - β)``: an EMA of the gradient without bias
+    correction (``β = 0`` is the gradient itself).
+    """
+    return optax.chain(optax.trace(decay=beta, nesterov=nesterov), optax.scale(1.0 - beta))
+
+
+def _weight_decay(weight_decay: ArrayLike, mask: Any = None) -> optax.GradientTransformation:
+    """Decoupled weight decay ``+ λ w`` before the learning rate (AdamW); nothing for ``λ = 0``."""
+    if isinstance(weight_decay, numbers.Real) and weight_decay == 0:
+        return optax.identity()
+    return optax.add_decayed_weights(weight_decay, mask)
+
+
+def _steepest(norm: NormSpec, step: Step, sharpness: ArrayLike, what: str):
+    check_choice("step", step, ("unit", "dual_norm"), what)
+    if step == "unit":
+        return dualize(norm)
+    return scale_by_dual_norm(norm, sharpness=sharpness, scope="tree")
+
+
+def _check_common(what: str, learning_rate, momentum, nesterov, weight_decay) -> None:
+    check_positive("learning_rate", learning_rate, what)
+    _check_unit_interval("momentum", momentum, what)
+    _check_bool("nesterov", nesterov, what)
+    check_positive("weight_decay", weight_decay, what, allow_zero=True)
+
+
+def _descent(
+    norm: NormSpec,
+    learning_rate,
+    momentum,
+    nesterov,
+    weight_decay,
+    step: Step,
+    sharpness,
+    what: str,
+) -> optax.GradientTransformation:
+    _check_common(what, learning_rate, momentum, nesterov, weight_decay)
+    return optax.chain(
+        _momentum(momentum, nesterov),
+        _steepest(norm, step, sharpness, what),
+        _weight_decay(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sign_descent(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+) -> optax.GradientTransformation:
+    r"""Sign descent: steepest descent under ℓ∞ (max-of-max) norm (anthology Prop. 2, 3).
+
+    Norm: ``max_l max|W_l|`` (ℓ∞ of the flattened weights = the largest ℓ1 -> ℓ∞ operator norm of
+    the layers, Prop. 3). ``step='unit'``: ``w ← w - lr · sign(m)``; ``step='dual_norm'``: the
+    Prop. 2 step ``w ← w - lr · (‖m‖₁/λ) sign(m)``. ``m`` is the gradient, or with ``momentum = β``
+    its EMA ``m_t = β m_{t-1} + (1-β) g_t`` (signum), Nesterov optional; ``weight_decay`` adds
+    ``λ_wd · w`` before the learning rate (decoupled, AdamW style).
+
+    Args:
+      learning_rate: a number or a schedule.
+      momentum: β in ``[0, 1)``.
+      nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
+      weight_decay: decoupled weight decay ≥ 0.
+      step: ``'unit'`` or ``'dual_norm'``.
+      sharpness: λ > 0 of Prop. 1 (``step='dual_norm'`` only).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.sign_descent(1e-3, momentum=0.9)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1–3 (2024).
+    """
+    return _descent(
+        linf(),
+        learning_rate,
+        momentum,
+        nesterov,
+        weight_decay,
+        step,
+        sharpness,
+        "sign_descent",
+    )
+
+
+def normalized_sgd(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+) -> optax.GradientTransformation:
+    r"""Layer-wise normalized SGD: steepest descent under ``max_l ‖W_l‖₂`` (Prop. 1, 7).
+
+    Norm: the ℓ2 (Frobenius) norm of each leaf, combined by the max over leaves (Prop. 7 with unit
+    scales). ``step='unit'``: ``w_l ← w_l - lr · m_l/‖m_l‖₂``; ``step='dual_norm'``: times
+    ``Σ_k ‖m_k‖₂/λ``. Momentum, Nesterov and weight decay as in ``sign_descent``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.normalized_sgd(0.05, momentum=0.9)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1 and 7 (2024).
+    """
+    return _descent(
+        l2(),
+        learning_rate,
+        momentum,
+        nesterov,
+        weight_decay,
+        step,
+        sharpness,
+        "normalized_sgd",
+    )
+
+
+def _spectral_or_l2(path: str, leaf) -> Norm:
+    """Spectral norm of a 2-D kernel; ℓ2 (the spectral norm of a 1 × n matrix) of a vector."""
+    if leaf.ndim == 2:
+        return spectral()
+    if leaf.ndim < 2:
+        return l2()
+    raise ValueError(
+        f"spectral_descent: leaf {describe_leaf(path, leaf)} has rank {leaf.ndim}; only 2-D "
+        "kernels and vectors have an unambiguous spectral norm. Use "
+        "normtx.optimizers.modular_descent (roles give conv, scanned and attention kernels "
+        "their dimension numbers) or normtx.dualize with norms.spectral(fan_in_axes=…, "
+        "fan_out_axes=…)."
+    )
+
+
+def spectral_descent(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+) -> optax.GradientTransformation:
+    r"""Spectral descent: Shampoo with its accumulators off (anthology Prop. 5).
+
+    Norm: ``max_l ‖W_l‖_{ℓ2->ℓ2}`` (σ_max of each 2-D kernel; a vector's spectral norm is its ℓ2
+    norm). ``step='unit'``: ``W_l ← W_l - lr · U_l V_lᵀ`` (the polar factor of ``m_l``, by
+    Newton–Schulz); ``step='dual_norm'``: times ``Σ_k tr Σ_k / λ``, the Prop. 5 step. Momentum,
+    Nesterov and weight decay as in ``sign_descent``. Leaves of rank > 2 are rejected at ``init``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.spectral_descent(0.02, momentum=0.9)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 4 and 5 (2024).
+    """
+    return _descent(
+        _spectral_or_l2,
+        learning_rate,
+        momentum,
+        nesterov,
+        weight_decay,
+        step,
+        sharpness,
+        "spectral_descent",
+    )
+
+
+def modular_descent(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+    escape_velocity: bool = False,
+    init_lr: ArrayLike = 1e-6,
+    rule: Literal["prodigy", "cosine"] = "prodigy",
+    roles: Any = None,
+    norms: roles_lib.NormsSpec = None,
+    scales: roles_lib.ScalesSpec = None,
+    masses: Mapping[str, float] | None = None,
+    head: roles_lib.HeadSpec = None,
+    labels: roles_lib.LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> optax.GradientTransformation:
+    r"""Steepest descent under the modular norm of a network (anthology Prop. 7 and epilogue).
+
+    Norm: ``max_l s_l N_l(W_l)`` with ``N_l`` and ``s_l`` by role (``normtx.roles``): RMS -> RMS
+    for hidden, attention, conv and head kernels, ℓ1 -> RMS for embeddings, RMS for biases and
+    gains (``normtx.roles.default_norms``; ``normtx.roles.describe(params)`` prints the table).
+    The chain is momentum (EMA ``m_t = β m_{t-1} + (1-β) g_t``, Nesterov optional), then
+    ``modular_norm_partition`` — ``step='unit'``: ``dualize_l(m_l)/s_l`` (a step of modular norm 1);
+    ``step='dual_norm'``: the Prop. 7 step ``(η/s_l) dualize_l(m_l)``,
+    ``η = Σ_k N_k†(m_k)/(s_k λ)`` — then decoupled weight decay ``+ λ_wd w`` on the matrix leaves,
+    then the learning rate. With ``escape_velocity=True`` the direction (weight decay included) is
+    scaled by ``escape_velocity_lr``'s step size, measured in the same modular norm
+    (``normtx.modular_norm`` with the same arguments), and ``learning_rate`` multiplies it (1.0, or
+    a schedule peaking at 1).
+
+    Args:
+      learning_rate: a number or a schedule.
+      momentum: β in ``[0, 1)``; 0 is plain steepest descent.
+      nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
+      weight_decay: decoupled weight decay ≥ 0 on matrix roles (not biases or gains).
+      step: ``'unit'`` or ``'dual_norm'``.
+      sharpness: λ > 0 (``step='dual_norm'`` only).
+      escape_velocity: scale the steps by ``normtx.escape_velocity_lr`` (``update`` then needs
+        ``params``).
+      init_lr: η_0 > 0 of the escape-velocity rule.
+      rule: ``'prodigy'`` or ``'cosine'`` (see ``normtx.escape_velocity_lr``).
+      roles, norms, scales, masses, head, labels, heads_as_batch: the geometry, as in
+        ``normtx.modular_norm_partition``.
+
+    Returns:
+      An ``optax.GradientTransformation``. Under ``optax.inject_hyperparams`` pass callables
+      (``labels``, a ``sharpness`` that is not a schedule) in ``static_args``.
+
+    Example::
+
+      tx = normtx.optimizers.modular_descent(0.05, momentum=0.9, weight_decay=1e-4)
+      tx = normtx.optimizers.modular_descent(1.0, escape_velocity=True)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8, Story III and the epilogue
+      (2024); Large et al., *Scalable Optimization in the Modular Norm* (2024).
+    """
+    what = "modular_descent"
+    _check_common(what, learning_rate, momentum, nesterov, weight_decay)
+    _check_bool("escape_velocity", escape_velocity, what)
+    geometry = dict(
+        norms=norms,
+        scales=scales,
+        masses=masses,
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+    )
+    direction = optax.chain(
+        _momentum(momentum, nesterov),
+        modular_norm_partition(roles, sharpness=sharpness, step=step, **geometry),
+        _weight_decay(weight_decay, _role_mask(roles, geometry, lambda r: r.is_matrix)),
+    )
+    if escape_velocity:
+        norm = modular_norm(roles, **geometry)
+        direction = escape_velocity_lr(direction, norm=norm, init_lr=init_lr, rule=rule)
+    return optax.chain(direction, optax.scale_by_learning_rate(learning_rate))
+
+
+def _role_mask(roles: Any, geometry: Mapping[str, Any], keep) -> Any:
+    """``params -> tree of bool``: ``keep(role)`` per leaf, roles resolved like the partition."""
+
+    def mask(params):
+        tree = roles_lib.resolve(
+            params,
+            roles,
+            head=geometry["head"],
+            labels=geometry["labels"],
+            heads_as_batch=geometry["heads_as_batch"],
+        )
+        return jax.tree.map(keep, tree)
+
+    return mask
+
+
+def scion(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    radius: ArrayLike = 1.0,
+    momentum: ArrayLike = 0.9,
+    constrained: bool = True,
+    roles: Any = None,
+    norms: roles_lib.NormsSpec = None,
+    scales: roles_lib.ScalesSpec = None,
+    masses: Mapping[str, float] | None = None,
+    head: roles_lib.HeadSpec = None,
+    labels: roles_lib.LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> optax.GradientTransformation:
+    r"""Scion: conditional gradient over a ball of the modular norm (Pethick et al., 2025).
+
+    Norm: the modular norm ``max_l s_l N_l(W_l)`` by role (as ``modular_descent``); its ball of
+    radius ρ is ``{N_l(W_l) ≤ ρ/s_l for every l}``, and its linear minimization oracle is
+    ``lmo(d) = -ρ · dualize_l(d_l)/s_l``. With the momentum ``d_t = β d_{t-1} + (1-β) g_t`` (Scion's
+    ``momentum`` parameter is ``α = 1 - β``):
+
+    - ``constrained=True`` (Scion): ``w ← (1-γ) w + γ lmo(d)`` — the iterates stay in the ball;
+      here ``optax.add_decayed_weights(1.0)`` before the learning rate γ (≤ 1).
+    - ``constrained=False`` (unconstrained Scion): ``w ← w + γ lmo(d)``, steepest descent with unit
+      steps in the modular norm scaled by ρ.
+
+    Scion's reference settings put the spectral RMS -> RMS norm on hidden layers (the default
+    here) and ``sign`` on the head: ``norms={'head': normtx.norms.linf()}`` with a larger scale
+    for the head's radius, e.g. ``scales={'head': 1/60}`` for Scion's ``radius·60``.
+
+    Args:
+      learning_rate: γ, a number (≤ 1 when constrained) or a schedule.
+      radius: ρ > 0.
+      momentum: β in ``[0, 1)``.
+      constrained: the constrained (Frank–Wolfe) or the unconstrained variant.
+      roles, norms, scales, masses, head, labels, heads_as_batch: as in
+        ``normtx.modular_norm_partition``.
+
+    Returns:
+      An ``optax.GradientTransformation`` (``update`` needs ``params`` when constrained).
+
+    Example::
+
+      tx = normtx.optimizers.scion(0.05, radius=20.0, norms={'head': normtx.norms.linf()})
+
+    References:
+      Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls & Cevher, *Training Deep Learning Models
+      with Norm-Constrained LMOs*, Algorithms 1–2 (2025).
+    """
+    what = "scion"
+    check_positive("learning_rate", learning_rate, what)
+    check_positive("radius", radius, what)
+    _check_unit_interval("momentum", momentum, what)
+    _check_bool("constrained", constrained, what)
+    if constrained and isinstance(learning_rate, numbers.Real) and learning_rate > 1:
+        raise ValueError(
+            f"{what}: the constrained variant mixes w <- (1-lr) w + lr·lmo, so learning_rate must "
+            f"be <= 1, got {learning_rate!r}."
+        )
+    return optax.chain(
+        _momentum(momentum, False),
+        modular_norm_partition(
+            roles,
+            step="unit",
+            norms=norms,
+            scales=scales,
+            masses=masses,
+            head=head,
+            labels=labels,
+            heads_as_batch=heads_as_batch,
+        ),
+        optax.scale(radius),
+        optax.add_decayed_weights(1.0) if constrained else optax.identity(),
         optax.scale_by_learning_rate(learning_rate),
     )

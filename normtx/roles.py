@@ -80,6 +80,7 @@ __all__ = [
     "describe",
     "infer",
     "merge_norms",
+    "resolve",
 ]
 
 MATRIX_ROLES: tuple[str, ...] = ("hidden", "head", "embedding", "conv", "attention")
@@ -598,7 +599,25 @@ def infer(
       roles = normtx.roles.infer(nnx.state(model, nnx.Param))
       roles = normtx.roles.infer(variables['params'], head='Dense_3', labels={'pos_emb': 'embedding'})
     """
-    resolved = _resolve_roles(params, head=head, labels=labels, heads_as_batch=heads_as_batch)
+    return resolve(params, head=head, labels=labels, heads_as_batch=heads_as_batch)
+
+
+def resolve(
+    params: Any,
+    roles: Any = None,
+    *,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> Any:
+    """A pytree of ``Role`` with the structure of ``params``: ``roles`` or, if ``None``, ``infer``.
+
+    ``roles`` is a pytree of role names / ``Role`` whose leaf paths are those of ``params`` (an
+    nnx ``State`` and its pure-array form have the same paths); it is checked against ``params``.
+    """
+    resolved = _resolve_roles(
+        params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch
+    )
     treedef = jax.tree_util.tree_structure(params)
     return jax.tree_util.tree_unflatten(treedef, [r for _, _, r in resolved])
 
@@ -697,12 +716,15 @@ def _check_positive_table(table: Mapping[str, Any], name: str, what: str) -> dic
 
 def check_scales(scales: ScalesSpec, masses: Mapping[str, float] | None, what: str) -> None:
     """Validates ``scales``/``masses`` at construction (errors name the bad entry)."""
+    is_mass = isinstance(scales, str) and scales == "mass"
     if masses is not None:
-        if scales != "mass":
+        if not is_mass:
             raise ValueError(f"{what}: masses= is only used with scales='mass'.")
         _check_positive_table(masses, "masses", what)
-    if scales is None or scales == "mass":
+    if scales is None or is_mass:
         return
+    if _is_scalar_array(scales):
+        return  # an array (traced under optax.inject_hyperparams): checked where it is a number
     if isinstance(scales, numbers.Real) and not isinstance(scales, bool):
         if not scales > 0:
             raise ValueError(f"{what}: scales must be > 0, got {scales!r}.")
@@ -723,7 +745,7 @@ class Assignment:
     leaf: Any
     role: Role
     norm: Norm | None
-    scale: float
+    scale: Any  # a positive number (an array under optax.inject_hyperparams)
 
 
 def assign(
@@ -770,12 +792,16 @@ def assign(
     ]
 
 
-def _scale_values(scales, masses, roles, layer_counts, bound) -> list[float]:
+def _is_scalar_array(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and np.ndim(x) == 0
+
+
+def _scale_values(scales, masses, roles, layer_counts, bound) -> list[Any]:
     if scales is None:
         return [1.0] * len(roles)
-    if isinstance(scales, numbers.Real):
-        return [float(scales)] * len(roles)
-    if scales == "mass":
+    if isinstance(scales, numbers.Real) or _is_scalar_array(scales):
+        return [scales] * len(roles)
+    if isinstance(scales, str) and scales == "mass":
         table = {**DEFAULT_MASSES, **(masses or {})}
         total = sum(
             table[r.name] * n
@@ -822,7 +848,7 @@ def describe(
                 a.role.label,
                 a.role.describe_axes(),
                 "-" if a.norm is None else a.norm.name,
-                f"{a.scale:g}",
+                f"{float(a.scale):g}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

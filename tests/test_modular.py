@@ -68,7 +68,7 @@ def test_prop7_step_beats_random_feasible_points(lam):
     step = {k: -np.asarray(v, np.float64) for k, v in out.items()}  # the output is descended
     duals = _dual_oracle(g)
     eta = sum(duals[k] / S[k] for k in g) / lam
-    np.testing.assert_allclose(state.eta, eta, rtol=1e-5)
+    np.testing.assert_allclose(state.global_eta, eta, rtol=1e-5)
     for k in g:
         np.testing.assert_allclose(state.dual_norms[k], duals[k], rtol=1e-5)
         np.testing.assert_allclose(
@@ -97,7 +97,7 @@ def test_modular_norm_dual_is_the_sum_formula_and_agrees_with_the_partition():
     np.testing.assert_allclose(mod.norm(_f32(g)), _modular_norm_oracle(g), rtol=1e-5)
     tx = _partition(sharpness=2.0)
     _, state = tx.update(_f32(g), tx.init(_f32(g)))
-    np.testing.assert_allclose(state.eta, mod.dual_norm(_f32(g)) / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(state.global_eta, mod.dual_norm(_f32(g)) / 2.0, rtol=1e-6)
     # The unit step is the modular norm's dualization: modular norm 1, <G, T> = the dual norm.
     unit, _ = _partition(step="unit").update(_f32(g), tx.init(_f32(g)))
     chex.assert_trees_all_close(unit, mod.dualize(_f32(g)), rtol=1e-6)
@@ -169,8 +169,9 @@ def test_norm_none_passes_through_and_zero_gradient_gives_zero():
     zero = jax.tree.map(jnp.zeros_like, g)
     out, state = _partition().update(zero, _partition().init(zero))
     for leaf in jax.tree.leaves(out):
-        assert not np.any(np.isnan(leaf)) and not np.any(leaf)
-    assert float(state.eta) == 0.0
+        assert not np.any(np.isnan(leaf))
+        assert not np.any(leaf)
+    assert float(state.global_eta) == 0.0
 
 
 def test_dtypes_are_kept():
@@ -181,7 +182,7 @@ def test_dtypes_are_kept():
     }
     out, state = _partition().update(g, _partition().init(g))
     assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in g.items()}
-    assert state.eta.dtype == jnp.float32
+    assert state.global_eta.dtype == jnp.float32
     assert {v.dtype for v in jax.tree.leaves(state.dual_norms)} == {jnp.dtype(jnp.float32)}
 
 
@@ -212,7 +213,7 @@ def test_sharded_params_on_a_mesh_of_8_devices():
     out, new_state = jax.jit(tx.update)(sharded, state)
     ref, ref_state = tx.update(g, tx.init(g))
     chex.assert_trees_all_close(out, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new_state.eta, ref_state.eta, rtol=1e-6)
+    np.testing.assert_allclose(new_state.global_eta, ref_state.global_eta, rtol=1e-6)
     assert len(out["w"].sharding.device_set) == 8  # the update stays on the mesh
 
 
@@ -235,9 +236,9 @@ def test_sharpness_schedule():
     tx = _partition(sharpness=lambda count: 1.0 + count)
     state = tx.init(g)
     _, state = tx.update(g, state)
-    eta0 = float(state.eta)
+    eta0 = float(state.global_eta)
     _, state = tx.update(g, state)
-    np.testing.assert_allclose(float(state.eta), eta0 / 2, rtol=1e-6)
+    np.testing.assert_allclose(float(state.global_eta), eta0 / 2, rtol=1e-6)
 
 
 def test_escape_velocity_measures_the_partitions_norm():

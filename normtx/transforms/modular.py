@@ -167,7 +167,7 @@ class ModularNormPartitionState(NamedTuple):
 
     count: jax.Array  # int32 scalar: updates applied so far (the argument of a sharpness schedule)
     dual_norms: Any  # pytree like the params: float32 N_l†(G_l) of the last update (0: no norm)
-    eta: jax.Array  # float32 scalar: (1/λ) Σ_k N_k†(G_k)/s_k of the last update (Prop. 7, eq. 56)
+    global_eta: jax.Array  # float32 scalar: η = (1/λ) Σ_k N_k†(G_k)/s_k of the last update (eq. 56)
 
 
 def modular_norm_partition(
@@ -203,14 +203,15 @@ def modular_norm_partition(
       roles, norms, scales, masses, head, labels, heads_as_batch: as in ``normtx.modular_norm``
         (``norms={'head': normtx.norms.lp_to_linf(2)}``, ``scales='mass'``, …).
       sharpness: λ > 0 (a number or a schedule ``count -> λ``); only ``step='dual_norm'`` and the
-        ``eta`` diagnostic use it. Works with ``optax.inject_hyperparams``.
+        ``global_eta`` diagnostic use it. Works with ``optax.inject_hyperparams``.
       step: ``'dual_norm'`` (the Prop. 7 step) or ``'unit'`` (the unit-norm direction).
 
     Returns:
       An ``optax.GradientTransformation``. Its state ``ModularNormPartitionState`` holds the last
-      update's per-leaf dual norms ``N_l†(G_l)`` (a pytree like the params) and ``eta``, for
-      logging: ``optax.tree_utils.tree_get(opt_state, 'eta')``. Leaves whose norm is ``None``
-      pass through unchanged; a zero gradient gives a zero update; each leaf keeps its dtype.
+      update's per-leaf dual norms ``N_l†(G_l)`` (a pytree like the params) and ``global_eta``
+      (η of eq. 56), for logging: ``optax.tree_utils.tree_get(opt_state, 'global_eta')``.
+      Leaves whose norm is ``None`` pass through unchanged; a zero gradient gives a zero update;
+      each leaf keeps its dtype.
 
     Raises:
       ValueError: at construction for bad hyperparameters (unknown role names, non-positive
@@ -246,7 +247,7 @@ def modular_norm_partition(
         return ModularNormPartitionState(
             count=jnp.zeros([], jnp.int32),
             dual_norms=jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params),
-            eta=jnp.zeros([], jnp.float32),
+            global_eta=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
@@ -264,7 +265,7 @@ def modular_norm_partition(
         new_state = ModularNormPartitionState(
             count=optax.safe_increment(state.count),
             dual_norms=jax.tree_util.tree_unflatten(treedef, raw),
-            eta=eta.astype(jnp.float32),
+            global_eta=eta.astype(jnp.float32),
         )
         return _assemble(updates, directions, etas), new_state
 

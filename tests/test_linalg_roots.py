@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from polar_helpers import polar64, with_singular_values
 
-from normtx.linalg import inverse_pth_root
+from normtx.linalg import inverse_pth_root, inverse_root_polar, polar
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -198,3 +199,46 @@ def test_only_the_symmetric_part_is_used():
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         inverse_pth_root(*args, **kwargs)
+
+
+# ---- the polar factor by an inverse square root (anthology Appendix A, route 3) ---------------
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12), (16, 16)])
+def test_inverse_root_polar_is_the_ridged_polar_factor(shape):
+    """``(Ĝ Ĝᵀ + εI)^{-1/2} Ĝ = U diag(σ/√(σ² + ε)) Vᵀ`` for ``Ĝ = G/max|G|`` and
+    ``ε = ridge ‖Ĝ Ĝᵀ‖_F``; with a small ridge and a well-conditioned G it is ``U Vᵀ``."""
+    rng = np.random.default_rng(13)
+    g = with_singular_values(rng, *shape, np.geomspace(1.0, 0.1, min(shape)))
+    ridge = 1e-3
+    x = inverse_root_polar(jnp.asarray(g, jnp.float32), ridge=ridge)
+    g_hat = g / np.abs(g).max()
+    u, s, vh = np.linalg.svd(g_hat, full_matrices=False)
+    eps = ridge * np.linalg.norm(s**2)
+    expected = (u * (s / np.sqrt(s**2 + eps))) @ vh
+    assert x.dtype == jnp.float32
+    # κ(Ĝ Ĝᵀ + εI) <= 100 / (1 + ...): f32 error about κ eps₃₂.
+    assert _rel(x, expected) < 40 * 100 * EPS32
+    chex.assert_trees_all_close(
+        polar(jnp.asarray(g, jnp.float32), method="inverse_root", ridge=ridge), x
+    )
+    # default ridge 1e-6: forming G Gᵀ squares κ(G) = 10, so the float32 error is about
+    # κ(G)² eps₃₂ ≈ 1.2e-5 per unit of the Newton/eigh constant; allow 100 of them.
+    assert _rel(polar(jnp.asarray(g, jnp.float32), method="inverse_root"), polar64(g)) < 2e-3
+
+
+def test_inverse_root_polar_of_rank_deficient_and_zero_matrices():
+    """On the null space of G the ridged root is ε^{-1/2}, which multiplies G's float32 rounding
+    there: the error is about eps₃₂ / √ridge (10× allowed); the range maps as above."""
+    rng = np.random.default_rng(14)
+    g = with_singular_values(rng, 10, 14, [1.0, 0.5, 0.2])
+    ridge = 1e-4
+    x = inverse_root_polar(jnp.asarray(g, jnp.float32), ridge=ridge)
+    u, s, vh = np.linalg.svd(g / np.abs(g).max(), full_matrices=False)
+    s = s[:3]
+    expected = (u[:, :3] * (s / np.sqrt(s**2 + ridge * np.linalg.norm(s**2)))) @ vh[:3]
+    assert _rel(x, expected) < 10 * EPS32 / np.sqrt(ridge)
+    z = inverse_root_polar(jnp.zeros((2, 4, 6), jnp.float32))
+    chex.assert_trees_all_equal(z, jnp.zeros((2, 4, 6), jnp.float32))
+    with pytest.raises(ValueError, match="float matrices"):
+        inverse_root_polar(jnp.ones(3, jnp.float32))

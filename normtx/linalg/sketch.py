@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import jax
@@ -102,6 +103,11 @@ def sketch_polar(
     """
     g = jnp.asarray(g)
     k, p, q = _check(g, key, rank, oversampling, power_iterations)
+    return _sketch_polar(g, key, k, p, q)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _sketch_polar(g: jax.Array, key: jax.Array, k: int, p: int, q: int) -> jax.Array:
     x = g.astype(compute_dtype(g.dtype))
     x = safe_div(x, jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))  # scale free, 0 -> 0
     m, n = x.shape[-2:]

@@ -160,34 +160,45 @@ def adam_nmf(grads, a0, b0, *, eps_sq, em_steps=1, b1=None, b2=0.0):
 
 
 def psd_power(a, power):
-    """``A^power`` of a symmetric PSD matrix by float64 eigh (eigenvalues clipped at 0)."""
+    """``A^power`` of a symmetric PSD matrix by float64 eigh.
+
+    Eigenvalues below ``n · eps · λ_max`` (rounding of a singular matrix) count as 0 and a
+    negative power maps them to 0: the pseudo-inverse power.
+    """
     w, v = np.linalg.eigh(f64(a))
-    w = np.clip(w, 0, None)
-    with np.errstate(divide="ignore"):
-        wp = np.where(w > 0, w**power, 0.0)
+    keep = w > len(w) * np.finfo(np.float64).eps * max(w.max(), 0.0)
+    wp = np.where(keep, np.where(keep, w, 1.0) ** power, 0.0)
     return (v * wp) @ v.T
 
 
-def full_adagrad(grads, *, eps):
-    """§3.2.1: ``u_t = (O_t + ε I)^{-1/2} g_t`` with ``O_t = Σ_{l<=t} g_l g_lᵀ`` (flattened)."""
+def full_adagrad(grads, *, eps, ridge=0.0):
+    """§3.2.1: ``u_t = (O_t + ε I)^{-1/2} g_t`` with ``O_t = Σ_{l<=t} g_l g_lᵀ`` (flattened).
+
+    ``ridge`` adds ``ridge · ‖O_t + εI‖_F`` to the diagonal (the relative ridge of the roots).
+    """
     d = f64(grads[0]).size
     o = np.zeros((d, d))
     ups = []
     for g in map(f64, grads):
         x = g.reshape(-1)
         o = o + np.outer(x, x)
-        ups.append((psd_power(o + eps * np.eye(d), -0.5) @ x).reshape(g.shape))
+        a = o + eps * np.eye(d)
+        a = a + ridge * np.linalg.norm(a) * np.eye(d)
+        ups.append((psd_power(a, -0.5) @ x).reshape(g.shape))
     return ups
 
 
-def shampoo(grads, *, beta2=None, exponent=-0.25, idealized=False):
+def shampoo(grads, *, beta2=None, exponent=-0.25, idealized=False, every=1, start=1):
     """Eq. 40 (``beta2=None``: sums) or §6.1 (bias-corrected EMA): ``L^{e} G R^{e}``.
 
     ``idealized`` is the Appendix I.1 iteration: ``tr(L)^{1/2} L^{-1/2} G R^{-1/2}`` (the notes
     print ``tr^{-1/2}``; the Newton step of Lemma I.1, ``I_emp^{-1/2} g``, has ``tr^{+1/2}``).
+    Roots are recomputed at steps ``t = start, start + every, ...`` and reused in between; before
+    ``start`` the update is ``G`` itself (no grafting).
     """
     m, n = f64(grads[0]).shape
     L, R = np.zeros((m, m)), np.zeros((n, n))
+    left = right = None
     ups = []
     for t, g in enumerate(map(f64, grads), start=1):
         if beta2 is None:
@@ -197,10 +208,12 @@ def shampoo(grads, *, beta2=None, exponent=-0.25, idealized=False):
             L = beta2 * L + (1 - beta2) * g @ g.T
             R = beta2 * R + (1 - beta2) * g.T @ g
             Lh, Rh = L / (1 - beta2**t), R / (1 - beta2**t)
-        if idealized:
-            ups.append(np.sqrt(np.trace(Lh)) * psd_power(Lh, -0.5) @ g @ psd_power(Rh, -0.5))
-        else:
-            ups.append(psd_power(Lh, exponent) @ g @ psd_power(Rh, exponent))
+        if t >= start and (t - start) % every == 0:
+            if idealized:
+                left, right = np.sqrt(np.trace(Lh)) * psd_power(Lh, -0.5), psd_power(Rh, -0.5)
+            else:
+                left, right = psd_power(Lh, exponent), psd_power(Rh, exponent)
+        ups.append(g if t < start else left @ g @ right)
     return ups
 
 

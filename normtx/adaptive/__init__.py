@@ -36,17 +36,23 @@ from normtx.adaptive.decoupled import (
     add_decoupled_weight_decay,
 )
 from normtx.adaptive.exponentiated import ExponentiatedGradientState, exponentiated_gradient
+from normtx.adaptive.full_adagrad import ScaleByFullAdagradState, scale_by_full_adagrad
 from normtx.adaptive.regret import OnlineRegret, online_regret
+from normtx.adaptive.shampoo import ScaleByShampooState, scale_by_shampoo
 
 __all__ = [
     "DecoupledWeightDecayState",
     "ExponentiatedGradientState",
     "OnlineRegret",
     "ScaleByAdamNMFState",
+    "ScaleByFullAdagradState",
+    "ScaleByShampooState",
     "adamw_fully_decoupled",
     "add_decoupled_weight_decay",
     "em_round",
     "exponentiated_gradient",
     "online_regret",
     "scale_by_adam_nmf",
+    "scale_by_full_adagrad",
+    "scale_by_shampoo",
 ]

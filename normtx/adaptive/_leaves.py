@@ -23,7 +23,9 @@ from normtx.dims import DENSE, DimensionNumbers, normalize_axes
 __all__ = [
     "NEEDS_PARAMS",
     "DimsSpec",
+    "balanced_blocks",
     "check_float_leaves",
+    "check_int",
     "check_probability",
     "matrix_shape",
     "resolve_matrix_leaves",
@@ -49,6 +51,17 @@ def check_float_leaves(tree: Any, what: str) -> list[tuple[str, Any]]:
     return flat
 
 
+def check_int(name: str, value: Any, what: str, *, minimum: int, optional: bool = False) -> None:
+    """Raises ``ValueError`` unless ``value`` is an int ``>= minimum`` (or ``None`` if optional)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(
+            f"{what}: {name} must be an int >= {minimum}{' or None' if optional else ''}, "
+            f"got {value!r}."
+        )
+
+
 def check_probability(name: str, value: Any, what: str, *, allow_one: bool = False) -> None:
     """Raises ``ValueError`` unless ``0 <= value < 1`` (``<= 1`` with ``allow_one``).
 
@@ -62,6 +75,18 @@ def check_probability(name: str, value: Any, what: str, *, allow_one: bool = Fal
     if not ok:
         upper = "<= 1" if allow_one else "< 1"
         raise ValueError(f"{what}: {name} must satisfy 0 <= {name} {upper}, got {value!r}.")
+
+
+def balanced_blocks(size: int, block_size: int | None) -> tuple[int, int]:
+    """``(count, block)``: the fewest blocks of at most ``block_size`` that cover ``size``.
+
+    The blocks are as equal as possible (``block = ceil(size / count)``), so the zero padding of
+    the last one is less than ``count`` entries. ``None`` (or a large block) is one block.
+    """
+    if block_size is None or size <= block_size:
+        return 1, max(size, 1)
+    count = -(-size // block_size)
+    return count, -(-size // count)
 
 
 def matrix_shape(shape: tuple[int, ...], dims: DimensionNumbers) -> tuple[int, int, int]:

@@ -60,6 +60,7 @@ import optax
 from normtx._numerics import compute_dtype, safe_div
 from normtx.adaptive._leaves import (
     DimsSpec,
+    check_int,
     check_probability,
     matrix_shape,
     resolve_matrix_leaves,
@@ -162,10 +163,8 @@ def scale_by_adam_nmf(
       Biometrika 1993. Shazeer & Stern, *Adafactor*, ICML 2018.
     """
     what = "scale_by_adam_nmf"
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise ValueError(f"{what}: rank must be an int >= 1, got {rank!r}.")
-    if not isinstance(em_steps, int) or isinstance(em_steps, bool) or em_steps < 1:
-        raise ValueError(f"{what}: em_steps must be an int >= 1, got {em_steps!r}.")
+    check_int("rank", rank, what, minimum=1)
+    check_int("em_steps", em_steps, what, minimum=1)
     if key is None or not hasattr(key, "dtype"):
         raise ValueError(f"{what}: key must be a PRNG key (jax.random.key(seed)), got {key!r}.")
     check_positive("eps", eps, what)

@@ -7,9 +7,12 @@ size), takes keyword-only typed hyperparameters validated at construction, and w
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import numbers
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
 
 import jax
 import optax
@@ -17,7 +20,9 @@ from jax.typing import ArrayLike
 
 from normtx import roles as roles_lib
 from normtx._pytree import describe_leaf
-from normtx.norms import Norm, NormSpec, l2, linf, spectral
+from normtx.linalg import PolarMethod, check_polar_method, newton_schulz
+from normtx.linalg.newton_schulz import NsSchedule, newton_schulz_schedule
+from normtx.norms import Norm, NormSpec, Schatten, l2, linf, rms_to_rms, spectral
 from normtx.transforms._common import check_choice, check_positive
 from normtx.transforms.dualize import dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import escape_velocity_lr, prodigy_step
@@ -25,6 +30,7 @@ from normtx.transforms.modular import modular_norm, modular_norm_partition
 
 __all__: list[str] = [
     "modular_descent",
+    "muon",
     "normalized_sgd",
     "prodigy",
     "scion",
@@ -58,12 +64,13 @@ def prodigy(
        r_t = β_3 r_{t-1} + η_t^2 lr_t bc_t \langle g_t, w_0 - w_t\rangle,\quad
        s_t = β_3 s_{t-1} + η_t^2 lr_t bc_t\, g_t,\\
        η_{t+1} = \max(η_t, c\, r_t / \|s_t\|_1),\quad
-       w_{t+1} = w_t - lr_t η_t bc_t \big(m_t / (\sqrt{v_t} + η_t ε) + λ w_t\big),
+       w_{t+1} = w_t - lr_t η_t bc_t \big(m_t / (\sqrt{v_t} + η_{t+1} ε) + λ w_t\big),
 
     with ``β₃ = √β₂`` by default and ``c = estim_lr_coef``; ``safeguard_warmup`` drops
-    ``lr_t bc_t`` from the weight of ``s_t``. The signature and the semantics are those of
-    ``optax.contrib.prodigy`` (same names; ``estim_lr_coef`` is PyTorch Prodigy's ``d_coef``) and the
-    updates match it to float32 rounding; the differences are additions: ``bias_correction``
+    ``lr_t bc_t`` from the weight of ``s_t``; ε is scaled by the updated ``η_{t+1}``, as in
+    Prodigy's code. The signature and the semantics are those of ``optax.contrib.prodigy`` (same
+    names; ``estim_lr_coef`` is PyTorch Prodigy's ``d_coef``) and the updates match it to
+    rounding; the differences are additions: ``bias_correction``
     (PyTorch's ``use_bias_correction``), ``max_growth`` (a cap on ``η_{t+1}/η_t``, like PyTorch's
     ``growth_rate`` but without its memory of the largest estimate), ``state_dtype``, and no NaN:
     zero gradients (where optax divides 0 by 0) leave ``η`` unchanged and give zero Adam steps.
@@ -78,7 +85,7 @@ def prodigy(
         scale) and decay it, e.g. ``optax.cosine_decay_schedule(1.0, steps)``.
       betas: ``(β₁, β₂)`` in ``[0, 1)`` of the moments (eqs. 22–23).
       beta3: the EMA factor of ``r_t`` and ``s_t`` in ``[0, 1)``; default ``√β₂`` (eqs. 24–25).
-      eps: ε ≥ 0 of the Adam direction (scaled by ``η_t``, as in Prodigy).
+      eps: ε ≥ 0 of the Adam direction (scaled by ``η_{t+1}``, as in Prodigy).
       estim_lr0: η_0 > 0, the initial under-estimate of the step size.
       estim_lr_coef: ``c > 0`` multiplying the estimate ``r_t/‖s_t‖₁``.
       weight_decay: decoupled weight decay λ ≥ 0 (AdamW style).
@@ -270,13 +277,22 @@ def normalized_sgd(
     )
 
 
-def _spectral_or_l2(path: str, leaf) -> Norm:
+def _spectral_or_l2(polar: PolarMethod) -> Callable[[str, Any], Norm]:
     """Spectral norm of a 2-D kernel; ℓ2 (the spectral norm of a 1 × n matrix) of a vector."""
-    if leaf.ndim == 2:
-        return spectral()
-    if leaf.ndim < 2:
-        return l2()
-    raise ValueError(
+    matrix = spectral(polar=polar)
+
+    def norm(path: str, leaf) -> Norm:
+        if leaf.ndim == 2:
+            return matrix
+        if leaf.ndim < 2:
+            return l2()
+        raise _rank_error(path, leaf)
+
+    return norm
+
+
+def _rank_error(path: str, leaf) -> ValueError:
+    return ValueError(
         f"spectral_descent: leaf {describe_leaf(path, leaf)} has rank {leaf.ndim}; only 2-D "
         "kernels and vectors have an unambiguous spectral norm. Use "
         "normtx.optimizers.modular_descent (roles give conv, scanned and attention kernels "
@@ -293,13 +309,16 @@ def spectral_descent(
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
     sharpness: ArrayLike | optax.Schedule = 1.0,
+    polar: PolarMethod = "newton_schulz",
 ) -> optax.GradientTransformation:
     r"""Spectral descent: Shampoo with its accumulators off (anthology Prop. 5).
 
     Norm: ``max_l ‖W_l‖_{ℓ2->ℓ2}`` (σ_max of each 2-D kernel; a vector's spectral norm is its ℓ2
-    norm). ``step='unit'``: ``W_l ← W_l - lr · U_l V_lᵀ`` (the polar factor of ``m_l``, by
-    Newton–Schulz); ``step='dual_norm'``: times ``Σ_k tr Σ_k / λ``, the Prop. 5 step. Momentum,
-    Nesterov and weight decay as in ``sign_descent``. Leaves of rank > 2 are rejected at ``init``.
+    norm). ``step='unit'``: ``W_l ← W_l - lr · U_l V_lᵀ`` (the polar factor of ``m_l``);
+    ``step='dual_norm'``: times ``Σ_k tr Σ_k / λ``, the Prop. 5 step. Momentum, Nesterov and
+    weight decay as in ``sign_descent``. ``polar`` picks how ``U Vᵀ`` is computed
+    (``normtx.linalg.polar``: ``'newton_schulz'``, 5 Polar Express steps, by default; ``'svd'``
+    exact). Leaves of rank > 2 are rejected at ``init``.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -311,8 +330,9 @@ def spectral_descent(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 4 and 5 (2024).
     """
+    check_polar_method(polar, "spectral_descent")
     return _descent(
-        _spectral_or_l2,
+        _spectral_or_l2(polar),
         learning_rate,
         momentum,
         nesterov,
@@ -495,4 +515,134 @@ def scion(
         optax.scale(radius),
         optax.add_decayed_weights(1.0) if constrained else optax.identity(),
         optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _MuonSpectral(Schatten):
+    """``σ_max / √max(1, d_out/d_in)``: its dualization is Muon's ``√max(1, d_out/d_in) U Vᵀ``."""
+
+    p: float = dataclasses.field(default=math.inf, init=False)
+    name: ClassVar[str] = "muon_spectral"
+
+    def _factor(self, d_in, d_out):
+        return 1.0 / math.sqrt(max(1.0, d_out / d_in))
+
+
+_MUON_NORMS = {"spectral": spectral, "rms_to_rms": rms_to_rms, "muon": _MuonSpectral}
+
+
+def muon(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    beta: ArrayLike = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: NsSchedule | ArrayLike = "muon",
+    ns_steps: int = 5,
+    scale: MuonScaling = "muon",
+    weight_decay: ArrayLike = 0.0,
+    others: Literal["adamw", "modular"] = "adamw",
+    adam_learning_rate: ArrayLike | optax.Schedule | None = None,
+    adam_b1: ArrayLike = 0.9,
+    adam_b2: ArrayLike = 0.999,
+    adam_eps: ArrayLike = 1e-8,
+    adam_weight_decay: ArrayLike = 0.0,
+    roles: Any = None,
+    head: roles_lib.HeadSpec = None,
+    labels: roles_lib.LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> optax.GradientTransformation:
+    r"""Muon: momentum, then the polar factor of every hidden matrix (Jordan et al., 2024).
+
+    Norm on hidden, conv and attention kernels (``POLAR_ROLES``, found by ``normtx.roles``; conv
+    kernels, scanned stacks and attention projections are orthogonalized per matrix with their
+    dimension numbers): the spectral norm scaled by ``scale`` — ``'muon'`` (default):
+    ``σ_max/√max(1, d_out/d_in)``, whose dualization is Muon's ``√max(1, d_out/d_in) U Vᵀ``;
+    ``'rms_to_rms'``: ``√(d_in/d_out) σ_max`` (``√(d_out/d_in) U Vᵀ``, the modular choice);
+    ``'spectral'``: ``U Vᵀ``. ``U Vᵀ`` is ``ns_steps`` Newton–Schulz steps with
+    ``ns_coefficients`` (``normtx.linalg.newton_schulz``; ``'muon'`` is Jordan's quintic, as in
+    ``optax.contrib.muon``). The momentum is ``m_t = β m_{t-1} + (1-β) g_t``, with Nesterov the
+    orthogonalized matrix is ``(1-β) g_t + β m_t`` (Jordan's reference; ``optax.contrib.muon``
+    bias-corrects both terms, which only changes the first steps); decoupled weight decay
+    ``weight_decay`` then the learning rate.
+
+    The other leaves (embeddings, the head, biases, gains) are a declared choice:
+
+    - ``others='adamw'`` (default, as in practice and ``optax.contrib.muon``): ``optax.adamw``'s
+      pieces with ``adam_*`` hyperparameters (``adam_learning_rate`` defaults to
+      ``learning_rate``);
+    - ``others='modular'``: the same momentum and the unit modular-norm step of their roles
+      (ℓ1 -> RMS for embeddings, RMS -> RMS for the head, RMS for vectors; ``modular_descent``).
+
+    Args:
+      learning_rate: a number or a schedule.
+      beta: momentum β in ``[0, 1)``.
+      nesterov: Nesterov momentum.
+      ns_coefficients: ``'muon'``, ``'polar_express'``, ``'cubic'`` or an array ``(k, 3)``.
+      ns_steps: Newton–Schulz steps (under ``optax.inject_hyperparams`` list it in
+        ``static_args``).
+      scale: ``'muon'``, ``'rms_to_rms'`` or ``'spectral'``.
+      weight_decay: decoupled weight decay ≥ 0 of the orthogonalized leaves (and of the matrix
+        leaves with ``others='modular'``).
+      others: ``'adamw'`` or ``'modular'``.
+      adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's
+        hyperparameters for the other leaves (``others='adamw'``).
+      roles, head, labels, heads_as_batch: the roles, as in ``normtx.roles.infer``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.muon(0.02, adam_learning_rate=3e-4)
+
+    References:
+      Jordan et al., *Muon: An optimizer for hidden layers* (2024); Bernstein & Newhouse,
+      *Old Optimizer, New Norm*, Prop. 5 and the epilogue (2024).
+    """
+    what = "muon"
+    _check_common(what, learning_rate, beta, nesterov, weight_decay)
+    check_choice("scale", scale, tuple(_MUON_NORMS), what)
+    check_choice("others", others, ("adamw", "modular"), what)
+    newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
+    polar = functools.partial(newton_schulz, steps=ns_steps, coefficients=ns_coefficients)
+    matrix = _MUON_NORMS[scale](polar=polar)
+    geometry = dict(head=head, labels=labels, heads_as_batch=heads_as_batch)
+    polar_norms = dict.fromkeys(POLAR_ROLES, matrix)
+    if others == "modular":
+        return optax.chain(
+            _momentum(beta, nesterov),
+            modular_norm_partition(roles, step="unit", norms=polar_norms, **geometry),
+            _weight_decay(weight_decay, _role_mask(roles, geometry, lambda r: r.is_matrix)),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    adam_learning_rate = learning_rate if adam_learning_rate is None else adam_learning_rate
+    check_positive("adam_learning_rate", adam_learning_rate, what)
+    check_positive("adam_eps", adam_eps, what, allow_zero=True)
+    check_positive("adam_weight_decay", adam_weight_decay, what, allow_zero=True)
+    for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
+        _check_unit_interval(name, value, what)
+    label = _role_mask(roles, geometry, lambda r: "muon" if r.name in POLAR_ROLES else "adam")
+    skip = dict.fromkeys(set(roles_lib.ROLE_NAMES) - set(POLAR_ROLES))
+    return optax.chain(
+        optax.partition(
+            {
+                "muon": _momentum(beta, nesterov),
+                "adam": optax.scale_by_adam(adam_b1, adam_b2, adam_eps),
+            },
+            label,
+        ),
+        modular_norm_partition(roles, step="unit", norms={**polar_norms, **skip}, **geometry),
+        optax.partition(
+            {
+                "muon": optax.chain(
+                    _weight_decay(weight_decay), optax.scale_by_learning_rate(learning_rate)
+                ),
+                "adam": optax.chain(
+                    _weight_decay(adam_weight_decay),
+                    optax.scale_by_learning_rate(adam_learning_rate),
+                ),
+            },
+            label,
+        ),
     )

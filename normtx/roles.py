@@ -629,7 +629,10 @@ def default_norms() -> dict[str, Norm]:
     """The norm of each role (anthology epilogue; DESIGN §3).
 
     - ``hidden``, ``attention``, ``conv``: RMS -> RMS (``√(d_in/d_out) σ_max``): these layers map
-      RMS-normalised features to RMS-normalised features; ``dualize`` is ``√(d_out/d_in) U Vᵀ``.
+      RMS-normalised features to RMS-normalised features; ``dualize`` is ``√(d_out/d_in) U Vᵀ``,
+      with ``U Vᵀ`` from 5 Newton–Schulz steps of the Polar Express schedule
+      (``normtx.linalg.newton_schulz``: singular values within about ±13% of 1, at matmul cost;
+      pass ``norms.rms_to_rms()`` for the exact SVD polar factor).
     - ``head``: RMS -> RMS as well (the logits are treated as features); ``lp_to_linf(p)`` (each
       logit's weights bounded) or ``linf()`` (sign, Scion's choice) are alternatives, pass them in
       ``norms={'head': …}``.
@@ -637,11 +640,12 @@ def default_norms() -> dict[str, Norm]:
       is its own RMS-normalised vector (Prop. 8).
     - ``bias``, ``gain``: RMS (``‖b‖₂/√n``): vectors whose entries are each O(1).
     """
+    polar = "newton_schulz"
     return {
-        "hidden": rms_to_rms(),
-        "attention": rms_to_rms(),
-        "conv": rms_to_rms(),
-        "head": rms_to_rms(),
+        "hidden": rms_to_rms(polar=polar),
+        "attention": rms_to_rms(polar=polar),
+        "conv": rms_to_rms(polar=polar),
+        "head": rms_to_rms(polar=polar),
         "embedding": l1_to_rms(),
         "bias": rms(),
         "gain": rms(),

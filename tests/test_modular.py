@@ -23,6 +23,9 @@ import oracles as orc
 ROLES = {"w": "hidden", "e": "embedding", "b": "gain"}
 SCALES = {"hidden": 1.0, "embedding": 3.0, "gain": 0.5}
 S = {"w": 1.0, "e": 3.0, "b": 0.5}
+# The exact (SVD) polar factor for the matrix roles, to compare with float64 oracles; the default
+# Newton–Schulz backend is checked separately.
+EXACT = {role: norms.rms_to_rms() for role in ("hidden", "attention", "conv", "head")}
 ORACLES = {
     "w": orc.schatten_oracles(math.inf, lambda d_in, d_out: math.sqrt(d_in / d_out)),
     "e": orc.rows_oracles(2.0, lambda d_in, d_out: 1 / math.sqrt(d_out)),
@@ -56,7 +59,7 @@ def _step(tx, g):
 
 
 def _partition(**kw):
-    return normtx.modular_norm_partition(ROLES, scales=SCALES, **kw)
+    return normtx.modular_norm_partition(ROLES, scales=SCALES, norms=EXACT, **kw)
 
 
 @pytest.mark.parametrize("lam", [0.5, 4.0])
@@ -91,7 +94,7 @@ def test_prop7_step_beats_random_feasible_points(lam):
 
 def test_modular_norm_dual_is_the_sum_formula_and_agrees_with_the_partition():
     g = _grads(2)
-    mod = normtx.modular_norm(ROLES, scales=SCALES)
+    mod = normtx.modular_norm(ROLES, scales=SCALES, norms=EXACT)
     duals = _dual_oracle(g)
     np.testing.assert_allclose(mod.dual_norm(_f32(g)), sum(duals[k] / S[k] for k in g), rtol=1e-5)
     np.testing.assert_allclose(mod.norm(_f32(g)), _modular_norm_oracle(g), rtol=1e-5)
@@ -110,7 +113,7 @@ def test_scanned_leaf_is_one_matrix_per_layer():
     rng = np.random.default_rng(3)
     g = {"stack": rng.standard_normal((3, 4, 6)), "b": rng.standard_normal((3, 6))}
     roles = {"stack": "scanned/hidden", "b": "scanned/bias"}
-    tx = normtx.modular_norm_partition(roles, step="unit")
+    tx = normtx.modular_norm_partition(roles, step="unit", norms=EXACT)
     out, state = tx.update(_f32(g), tx.init(_f32(g)))
     rms_to_rms = orc.schatten_oracles(math.inf, lambda d_in, d_out: math.sqrt(d_in / d_out))
     rms = orc.vector_oracles(2.0, lambda n: 1 / math.sqrt(n))
@@ -123,6 +126,17 @@ def test_scanned_leaf_is_one_matrix_per_layer():
     )
 
 
+def test_default_matrix_norm_uses_the_newton_schulz_polar_express_backend():
+    rng = np.random.default_rng(12)
+    g = _f32({"w": rng.standard_normal((12, 5)), "e": rng.standard_normal((6, 5))})
+    tx = normtx.modular_norm_partition({"w": "hidden", "e": "embedding"}, step="unit")
+    out, _ = _step(tx, g)
+    ns = normtx.linalg.newton_schulz(g["w"], steps=5, coefficients="polar_express")
+    np.testing.assert_allclose(out["w"], math.sqrt(5 / 12) * ns, rtol=1e-5, atol=1e-7)
+    # The embedding (ℓ1 -> RMS) needs no polar factor: exact.
+    np.testing.assert_allclose(out["e"], ORACLES["e"][2](np.asarray(g["e"])), rtol=1e-5)
+
+
 def test_attention_kernels_use_their_dims():
     rng = np.random.default_rng(4)
     qkv = rng.standard_normal((8, 2, 4))  # (d_model, heads, d_head)
@@ -133,6 +147,7 @@ def test_attention_kernels_use_their_dims():
         normtx.modular_norm_partition(
             {"attn": {"query": {"kernel": "attention"}, "out": {"kernel": "attention"}}},
             step="unit",
+            norms=EXACT,
         ),
         _f32(g),
     )
@@ -152,6 +167,7 @@ def test_attention_kernels_use_their_dims():
     tx = normtx.modular_norm_partition(
         {"attn": {"query": {"kernel": Role("attention", (0,), (2,), batch_axes=(1,))}}},
         step="unit",
+        norms=EXACT,
     )
     upd, _ = _step(tx, _f32({"attn": {"query": {"kernel": qkv}}}))
     for h in range(2):
@@ -162,7 +178,7 @@ def test_attention_kernels_use_their_dims():
 
 def test_norm_none_passes_through_and_zero_gradient_gives_zero():
     g = _f32(_grads(5))
-    tx = normtx.modular_norm_partition(ROLES, norms={"gain": None}, step="dual_norm")
+    tx = normtx.modular_norm_partition(ROLES, norms={**EXACT, "gain": None}, step="dual_norm")
     out, state = tx.update(g, tx.init(g))
     chex.assert_trees_all_close(out["b"], g["b"])
     assert float(state.dual_norms["b"]) == 0.0
@@ -220,7 +236,7 @@ def test_sharded_params_on_a_mesh_of_8_devices():
 def test_inject_hyperparams_sharpness():
     g = _f32(_grads(8))
     tx = optax.inject_hyperparams(normtx.modular_norm_partition, static_args=("step",))(
-        ROLES, scales=SCALES, sharpness=2.0
+        ROLES, scales=SCALES, norms=EXACT, sharpness=2.0
     )
     state = tx.init(g)
     out, state = tx.update(g, state)
@@ -245,7 +261,7 @@ def test_escape_velocity_measures_the_partitions_norm():
     """``escape_velocity_lr(norm=modular_norm(...))`` reads the dual norm the partition uses."""
     g = _f32(_grads(10))
     params = jax.tree.map(lambda x: 0.1 * x, g)
-    mod = normtx.modular_norm(ROLES, scales=SCALES)
+    mod = normtx.modular_norm(ROLES, scales=SCALES, norms=EXACT)
     tx = normtx.escape_velocity_lr(_partition(step="unit"), norm=mod, init_lr=1e-3)
     state = tx.init(params)
     moved = jax.tree.map(lambda p, d: p - 0.5 * d, params, g)
@@ -274,7 +290,7 @@ def test_bad_hyperparameters_fail_at_construction():
 def test_bad_leaves_fail_at_init_naming_the_path():
     g = _f32(_grads(11))
     with pytest.raises(ValueError, match=r"modular_norm_partition: leaf 'b' \(shape \(3,\)"):
-        _partition(norms={"gain": norms.spectral()}).init(g)
+        normtx.modular_norm_partition(ROLES, norms={"gain": norms.spectral()}).init(g)
     with pytest.raises(ValueError, match=r"roles without a parameter: \['x'\]"):
         normtx.modular_norm_partition({"w": "hidden", "e": "embedding", "x": "gain"}).init(g)
     with pytest.raises(ValueError, match=r"cannot classify 3 leaf/leaves"):

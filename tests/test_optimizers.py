@@ -25,6 +25,7 @@ from normtx.optimizers import modular_descent
 
 import oracles as orc
 
+EXACT = {role: norms.rms_to_rms() for role in ("hidden", "attention", "conv", "head")}
 RMS_TO_RMS = orc.schatten_oracles(math.inf, lambda d_in, d_out: math.sqrt(d_in / d_out))[2]
 RMS = orc.vector_oracles(2.0, lambda n: 1 / math.sqrt(n))[2]
 
@@ -41,12 +42,13 @@ def _mlp_tree(seed, scale=1.0):
     }
 
 
-def _run(tx, grads, params):
+def _run(tx, grads, params, *, jit=False):
     """Applies ``tx`` to a list of gradients; returns the list of updates (float64)."""
     state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
     out = []
     for g in grads:
-        u, state = tx.update(g, state, params)
+        u, state = update(g, state, params)
         out.append(jax.tree.map(lambda x: np.asarray(x, np.float64), u))
         params = optax.apply_updates(params, u)
     return out
@@ -97,11 +99,17 @@ def test_normalized_sgd_normalizes_each_leaf():
 
 def test_spectral_descent_is_the_polar_factor_and_l2_on_vectors():
     g = _mlp_tree(2)
-    (u,) = _run(normtx.optimizers.spectral_descent(0.1), [_f32(g)], _f32(g))
+    (u,) = _run(normtx.optimizers.spectral_descent(0.1, polar="svd"), [_f32(g)], _f32(g))
     expected = jax.tree.map(
         lambda x: -0.1 * (orc.polar(x) if x.ndim == 2 else x / np.linalg.norm(x)), g
     )
     chex.assert_trees_all_close(u, expected, rtol=1e-4, atol=1e-6)
+    # The default polar factor is 5 Newton–Schulz steps of the Polar Express schedule.
+    (u,) = _run(normtx.optimizers.spectral_descent(0.1), [_f32(g)], _f32(g))
+    k = _f32(g)["Dense_0"]["kernel"]
+    np.testing.assert_allclose(
+        u["Dense_0"]["kernel"], -0.1 * normtx.linalg.newton_schulz(k), rtol=1e-5, atol=1e-7
+    )
     with pytest.raises(ValueError, match=r"spectral_descent: leaf 'w' \(shape \(2, 3, 4\)"):
         normtx.optimizers.spectral_descent(0.1).init({"w": jnp.ones((2, 3, 4), jnp.float32)})
 
@@ -109,7 +117,7 @@ def test_spectral_descent_is_the_polar_factor_and_l2_on_vectors():
 def test_modular_descent_is_momentum_then_the_unit_modular_step():
     grads = [_mlp_tree(s) for s in range(3)]
     params = _f32(_mlp_tree(7))
-    tx = modular_descent(0.1, momentum=0.5, weight_decay=0.01)
+    tx = modular_descent(0.1, momentum=0.5, weight_decay=0.01, norms=EXACT)
     state = tx.init(params)
     for g, m in zip(grads, _ema(grads, 0.5, False)):
         u, state = tx.update(_f32(g), state, params)
@@ -127,7 +135,9 @@ def test_modular_descent_is_momentum_then_the_unit_modular_step():
 def test_modular_descent_dual_norm_step_is_prop7():
     g = _mlp_tree(3)
     (u,) = _run(
-        modular_descent(1.0, momentum=0.0, step="dual_norm", sharpness=2.0), [_f32(g)], _f32(g)
+        modular_descent(1.0, momentum=0.0, step="dual_norm", sharpness=2.0, norms=EXACT),
+        [_f32(g)],
+        _f32(g),
     )
     duals = {}
     for name in g:
@@ -147,7 +157,7 @@ def test_modular_descent_escape_velocity_grows_the_step():
     η_{t+1} = max(η_t, η_0 + … + η_{t-1}): 1, 1, 1, 2, 3, 5 (× η_0)."""
     params = _f32(_mlp_tree(4))
     # η_0 = 1e-2: steps far above the float32 rounding of weights of size 1.
-    tx = modular_descent(1.0, momentum=0.0, escape_velocity=True, init_lr=1e-2)
+    tx = modular_descent(1.0, momentum=0.0, escape_velocity=True, init_lr=1e-2, norms=EXACT)
     state = tx.init(params)
     g = _f32(_mlp_tree(5))
     etas = [1e-2]
@@ -166,7 +176,9 @@ def test_modular_descent_escape_velocity_grows_the_step():
 def test_scion_updates(constrained):
     grads = [_mlp_tree(s) for s in range(3)]
     params = _f32(_mlp_tree(8))
-    tx = normtx.optimizers.scion(0.1, radius=3.0, momentum=0.6, constrained=constrained)
+    tx = normtx.optimizers.scion(
+        0.1, radius=3.0, momentum=0.6, constrained=constrained, norms=EXACT
+    )
     state = tx.init(params)
     for g, d in zip(grads, _ema(grads, 0.6, False)):
         new, state = tx.update(_f32(g), state, params)
@@ -182,13 +194,109 @@ def test_scion_updates(constrained):
 
 def test_scion_constrained_iterates_stay_in_the_ball():
     params = _f32(_mlp_tree(0, scale=0.01))
-    tx = normtx.optimizers.scion(0.3, radius=2.0, momentum=0.0)
-    mod = normtx.modular_norm()
+    tx = normtx.optimizers.scion(0.3, radius=2.0, momentum=0.0, norms=EXACT)
+    mod = normtx.modular_norm(norms=EXACT)
     state = tx.init(params)
     for s in range(6):
         u, state = tx.update(_f32(_mlp_tree(s + 10)), state, params)
         params = optax.apply_updates(params, u)
         assert float(mod.norm(params)) <= 2.0 * (1 + 1e-5)
+
+
+def _muon_tree(seed):
+    rng = np.random.default_rng(seed)
+    return {
+        "Embed_0": {"embedding": rng.standard_normal((10, 8))},
+        "Dense_0": {"kernel": rng.standard_normal((8, 16)), "bias": rng.standard_normal(16)},
+        "Dense_1": {"kernel": rng.standard_normal((16, 12)), "bias": rng.standard_normal(12)},
+        "Dense_2": {"kernel": rng.standard_normal((12, 4)), "bias": rng.standard_normal(4)},
+    }
+
+
+HIDDEN = ("Dense_0", "Dense_1")  # Dense_2 is the head, Embed_0 the embedding
+
+
+def _max_error(a, b, names=HIDDEN):
+    return max(float(np.max(np.abs(a[n]["kernel"] - b[n]["kernel"]))) for n in names)
+
+
+def test_muon_matches_optax_contrib_muon_on_hidden_matrices():
+    """Same quintic, 5 steps, momentum 0.95 without Nesterov, √max(1, d_out/d_in) scaling."""
+    grads = [_f32(_muon_tree(s)) for s in range(4)]
+    params = _f32(_muon_tree(9))
+    ours = _run(normtx.optimizers.muon(0.02, nesterov=False), grads, params, jit=True)
+    theirs = _run(optax.contrib.muon(0.02, nesterov=False), grads, params, jit=True)
+    errors = [_max_error(a, b) for a, b in zip(ours, theirs)]
+    assert max(errors) < 1e-5, errors
+    # With Nesterov the first step agrees too (both orthogonalize a multiple of g_1); later steps
+    # differ by optax's bias corrections, see the next test for Jordan's reference form.
+    ours = _run(normtx.optimizers.muon(0.02), grads[:1], params)
+    theirs = _run(optax.contrib.muon(0.02), grads[:1], params)
+    assert _max_error(ours[0], theirs[0]) < 1e-5
+
+
+def _ns_muon_oracle(m):
+    """Jordan's quintic, 5 steps, in float64 (transposing a tall matrix), times √max(1, n/m)."""
+    x = m.T if m.shape[0] > m.shape[1] else m
+    x = x / np.linalg.norm(x)
+    for _ in range(5):
+        a = x @ x.T
+        x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+    x = x.T if m.shape[0] > m.shape[1] else x
+    return np.sqrt(max(1.0, m.shape[1] / m.shape[0])) * x
+
+
+def test_muon_nesterov_is_jordans_reference_and_others_are_adamw():
+    grads = [_muon_tree(s) for s in range(4)]
+    params = _f32(_muon_tree(9))
+    # Weight decay off: the hidden update is -lr · NS(Nesterov momentum) exactly.
+    ours = _run(
+        normtx.optimizers.muon(0.02, adam_learning_rate=1e-3), [_f32(g) for g in grads], params
+    )
+    for u, m in zip(ours, _ema(grads, 0.95, True)):
+        for name in HIDDEN:
+            np.testing.assert_allclose(
+                u[name]["kernel"], -0.02 * _ns_muon_oracle(m[name]["kernel"]), atol=2e-7
+            )
+    # Decoupled weight decay on the orthogonalized leaves: -lr · (NS(m) + wd · w).
+    (u,) = _run(normtx.optimizers.muon(0.02, weight_decay=0.1), [_f32(grads[0])], params)
+    m = _ema(grads[:1], 0.95, True)[0]["Dense_0"]["kernel"]
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    np.testing.assert_allclose(
+        u["Dense_0"]["kernel"], -0.02 * (_ns_muon_oracle(m) + 0.1 * w), atol=2e-7
+    )
+    # Every other leaf is optax.adamw with the adam_* hyperparameters.
+    adam = _run(optax.adamw(1e-3, weight_decay=0.0), [_f32(g) for g in grads], params)
+    for u, a in zip(ours, adam):
+        for path in (("Embed_0", "embedding"), ("Dense_2", "kernel"), ("Dense_0", "bias")):
+            np.testing.assert_allclose(u[path[0]][path[1]], a[path[0]][path[1]], rtol=1e-6)
+
+
+def test_muon_modular_others_and_scales():
+    g = _muon_tree(3)
+    (u,) = _run(
+        normtx.optimizers.muon(0.1, beta=0.0, others="modular", scale="rms_to_rms"),
+        [_f32(g)],
+        _f32(g),
+    )
+    rows = orc.rows_oracles(2.0, lambda d_in, d_out: 1 / math.sqrt(d_out))[2]
+    np.testing.assert_allclose(
+        u["Embed_0"]["embedding"], -0.1 * rows(g["Embed_0"]["embedding"]), rtol=1e-5
+    )
+    np.testing.assert_allclose(u["Dense_0"]["bias"], -0.1 * RMS(g["Dense_0"]["bias"]), rtol=1e-5)
+    k = _f32(g)["Dense_1"]["kernel"]
+    ns = normtx.linalg.newton_schulz(k, coefficients="muon")
+    np.testing.assert_allclose(
+        u["Dense_1"]["kernel"], -0.1 * math.sqrt(12 / 16) * ns, rtol=1e-5, atol=1e-7
+    )
+    # The head keeps its modular norm (RMS -> RMS with Polar Express), not Muon's polar factor.
+    head = _f32(g)["Dense_2"]["kernel"]
+    np.testing.assert_allclose(
+        u["Dense_2"]["kernel"],
+        -0.1 * math.sqrt(4 / 12) * normtx.linalg.newton_schulz(head),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 # ---- inject_hyperparams and validation -----------------------------------------------------------
@@ -204,20 +312,27 @@ def test_scion_constrained_iterates_stay_in_the_ball():
         (modular_descent, dict(learning_rate=1.0, escape_velocity=True, init_lr=1e-3)),
         (modular_descent, dict(learning_rate=0.1, scales=2.0)),
         (normtx.optimizers.scion, dict(learning_rate=0.1, radius=2.0)),
+        (normtx.optimizers.muon, dict(learning_rate=0.1, adam_learning_rate=0.01)),
+        (normtx.optimizers.muon, dict(learning_rate=0.1, others="modular", weight_decay=0.1)),
     ],
 )
 def test_inject_hyperparams_matches_the_plain_chain(factory, kwargs):
     grads = [_f32(_mlp_tree(s)) for s in range(3)]
     params = _f32(_mlp_tree(9))
     plain = _run(factory(**kwargs), grads, params)
-    injected_tx = optax.inject_hyperparams(factory)(**kwargs)
+    static = ("ns_steps",) if factory is normtx.optimizers.muon else ()
+    injected_tx = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
     injected = _run(injected_tx, grads, params)
+    # Injected hyperparameters are float32 arrays where the plain chain uses Python floats
+    # (1 - β rounds differently), so updates of size ~0.1 agree to float32 rounding.
     for a, b in zip(plain, injected):
-        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-7)
-    # The learning rate is live in the state: doubling it doubles the update.
+        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+    # The learning rates are live in the state: doubling them doubles the update.
     state = injected_tx.init(params)
     u, _ = injected_tx.update(grads[0], state, params)
-    state.hyperparams["learning_rate"] = 2 * state.hyperparams["learning_rate"]
+    for name in ("learning_rate", "adam_learning_rate"):
+        if name in state.hyperparams:
+            state.hyperparams[name] = 2 * state.hyperparams[name]
     u2, _ = injected_tx.update(grads[0], state, params)
     chex.assert_trees_all_close(u2, jax.tree.map(lambda x: 2 * x, u), rtol=1e-6)
 
@@ -241,6 +356,16 @@ def test_hyperparameters_are_validated_at_construction():
         normtx.optimizers.scion(0.1, radius=0.0)
     with pytest.raises(ValueError, match="escape_velocity must be True or False"):
         modular_descent(0.1, escape_velocity="yes")
+    with pytest.raises(ValueError, match="others must be one of"):
+        normtx.optimizers.muon(0.1, others="adam")
+    with pytest.raises(ValueError, match="scale must be one of"):
+        normtx.optimizers.muon(0.1, scale="max")
+    with pytest.raises(ValueError, match="unknown coefficients 'quintic'"):
+        normtx.optimizers.muon(0.1, ns_coefficients="quintic")
+    with pytest.raises(ValueError, match=r"adam_b2 must be in \[0, 1\)"):
+        normtx.optimizers.muon(0.1, adam_b2=1.5)
+    with pytest.raises(ValueError, match="unknown polar method 'qr'"):
+        normtx.optimizers.spectral_descent(0.1, polar="qr")
 
 
 # ---- training -----------------------------------------------------------------------------------

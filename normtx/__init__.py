@@ -5,7 +5,7 @@ first-class ``optax.GradientTransformation`` pieces (Bernstein & Newhouse, *Old 
 Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
-from normtx import dims, linalg, norms, optimizers, roles
+from normtx import adaptive, dims, linalg, norms, optimizers, roles
 from normtx.transforms import (
     EscapeVelocityState,
     ScaleByDualNormState,
@@ -23,6 +23,7 @@ __all__ = [
     "EscapeVelocityState",
     "ScaleByDualNormState",
     "__version__",
+    "adaptive",
     "dims",
     "dualize",
     "escape_velocity_lr",

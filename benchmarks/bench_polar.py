@@ -1,0 +1,337 @@
+"""Polar factor engine: time and accuracy of normtx's Newton–Schulz schedules, optax's Muon
+Newton–Schulz and ``jnp.linalg.svd``, one matrix at a time and on a tree of same-shape leaves.
+
+Test matrices have a prescribed spectrum: ``G = U diag(σ) Vᵀ`` with Haar-random ``U, V`` and σ
+log-spaced over ``[1e-2, 1]`` ("spread", condition number 100 — the regime gradients of trained
+layers are in), and, for the single matrices, standard Gaussian ``G`` ("gaussian", whose smallest
+singular values come close to 0). Accuracy is measured against the float64 NumPy SVD:
+``rel_err = ‖X - U Vᵀ‖_F / ‖U Vᵀ‖_F`` and the extreme singular values of ``X``.
+
+Every time is the median of repeated calls after compilation (``block_until_ready``), with the
+methods of one comparison interleaved call by call so that the load of a shared machine falls on
+all of them alike; ratios come from one run on one machine. Targets (stated as ratios):
+
+1. 5-step polar factor on the tree of 20 leaves 512²: time <= 0.6 × optax's, max|σ - 1| <= 0.15;
+2. polar factor to rel_err <= 1e-2 at 1024²: time <= 0.25 × ``jnp.linalg.svd``;
+3. batched same-shape leaves >= 1.3 × faster than leaf by leaf.
+
+    .venv/bin/python -m benchmarks.bench_polar [--quick] [--out DIR]
+
+writes ``DIR/polar.json`` and ``DIR/polar.png`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from optax.contrib import _muon
+
+import normtx
+
+from benchmarks.common import format_table, parse_args, write_json
+
+MUON = (3.4445, -4.7750, 2.0315)
+FULL = {
+    "shapes": [(256, 256), (1024, 1024), (1024, 4096)],
+    "tree": (20, 512),
+    "repeats": 7,
+    "max_steps": 14,
+}
+QUICK = {
+    "shapes": [(64, 64), (128, 128), (64, 256)],
+    "tree": (20, 64),
+    "repeats": 3,
+    "max_steps": 14,
+}
+
+
+# ---- inputs and accuracy ----------------------------------------------------------------------
+
+
+def make_matrix(rng: np.random.Generator, m: int, n: int, family: str) -> np.ndarray:
+    """One float64 test matrix of the given family ("spread" or "gaussian")."""
+    if family == "gaussian":
+        return rng.standard_normal((m, n))
+    k = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    return (u * np.geomspace(1.0, 1e-2, k)) @ v.T
+
+
+def accuracy(x, g: np.ndarray) -> dict[str, float]:
+    """``rel_err`` to the float64 ``U Vᵀ`` of ``g`` and the extreme singular values of ``x``."""
+    x = np.asarray(x, np.float64).reshape(-1, *g.shape[-2:])
+    g = np.asarray(g, np.float64).reshape(x.shape)
+    u, _, vh = np.linalg.svd(g, full_matrices=False)
+    target = u @ vh
+    s = np.linalg.svd(x, compute_uv=False)
+    return {
+        "rel_err": float(np.linalg.norm(x - target) / np.linalg.norm(target)),
+        "sigma_min": float(s.min()),
+        "sigma_max": float(s.max()),
+    }
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, compiled first and then called in turn."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+# ---- the methods --------------------------------------------------------------------------------
+
+
+def _ns(steps: int, coefficients="polar_express", compute_dtype=None):
+    return jax.jit(
+        lambda g: normtx.linalg.newton_schulz(
+            g, steps=steps, coefficients=coefficients, compute_dtype=compute_dtype
+        )
+    )
+
+
+def _svd_polar(g):
+    u, _, vh = jnp.linalg.svd(g, full_matrices=False)
+    return u @ vh
+
+
+_OPTAX_NS = jax.jit(
+    lambda g: _muon.orthogonalize_via_newton_schulz(g, jnp.asarray(MUON, g.dtype), 5)
+)
+
+
+def steps_to_reach(g: np.ndarray, tol: float, max_steps: int) -> int | None:
+    """The fewest Polar Express steps whose exact-arithmetic error on ``g`` is ``<= tol``.
+
+    Newton–Schulz maps each singular value σ of ``G/‖G‖_F`` to ``f(σ)`` (f the composed schedule),
+    so ``rel_err = ‖f(σ) - 1‖₂ / √r`` in exact arithmetic: the step count is chosen from the float64
+    singular values of ``g`` alone; the benchmark then measures the float32 run for real.
+    """
+    s = np.linalg.svd(g, compute_uv=False)
+    s = s / np.linalg.norm(s)
+    for steps in range(5, max_steps + 1):
+        schedule = normtx.linalg.newton_schulz_schedule("polar_express", steps)
+        f = s
+        for a, b, c in schedule:
+            f = a * f + b * f**3 + c * f**5
+        if np.linalg.norm(f - 1) / np.sqrt(s.size) <= tol:
+            return steps
+    return None
+
+
+def bench_matrix(m: int, n: int, family: str, cfg: dict, rng) -> tuple[list[dict], dict]:
+    """All methods on one ``m × n`` matrix: table rows and the facts the targets need."""
+    g = make_matrix(rng, m, n, family)
+    x = jnp.asarray(g, jnp.float32)
+    k_pe = steps_to_reach(g, 1e-2, cfg["max_steps"])
+    methods: dict[str, tuple[str, int | None, Callable]] = {
+        "jnp.linalg.svd": ("svd", None, jax.jit(_svd_polar)),
+        "optax muon NS": ("muon", 5, _OPTAX_NS),
+        "normtx muon": ("muon", 5, _ns(5, "muon")),
+        "normtx cubic": ("cubic", 5, _ns(5, "cubic")),
+        "normtx polar_express": ("polar_express", 5, _ns(5)),
+        "normtx polar_express bf16": ("polar_express", 5, _ns(5, compute_dtype=jnp.bfloat16)),
+    }
+    if k_pe is not None and k_pe != 5:
+        methods[f"normtx polar_express x{k_pe}"] = ("polar_express", k_pe, _ns(k_pe))
+    times = interleaved_medians(
+        {k: (lambda f=f: f(x)) for k, (_, _, f) in methods.items()}, cfg["repeats"]
+    )
+    rows = []
+    for name, (schedule, steps, fn) in methods.items():
+        rows.append(
+            {
+                "case": f"{m}x{n}",
+                "family": family,
+                "method": name,
+                "schedule": schedule,
+                "steps": steps,
+                "time_s": times[name],
+                "vs_svd": times[name] / times["jnp.linalg.svd"],
+                **accuracy(fn(x), g),
+            }
+        )
+    pe_key = "normtx polar_express" if k_pe == 5 else f"normtx polar_express x{k_pe}"
+    facts = {
+        "steps_to_1e-2": k_pe,
+        "time_to_1e-2": None if k_pe is None else times[pe_key],
+        "svd_time": times["jnp.linalg.svd"],
+    }
+    return rows, facts
+
+
+def bench_tree(n_leaves: int, d: int, cfg: dict, rng) -> tuple[list[dict], dict]:
+    """A tree of ``n_leaves`` spread ``d × d`` leaves: the transform batched and leaf by leaf,
+    against optax's Newton–Schulz leaf by leaf (5 steps each)."""
+    gs = [make_matrix(rng, d, d, "spread") for _ in range(n_leaves)]
+    tree = {f"w{i:02d}": jnp.asarray(g, jnp.float32) for i, g in enumerate(gs)}
+    ref = np.stack(gs)
+
+    def transform(coefficients, batched):
+        tx = normtx.orthogonalize_newton_schulz(
+            coefficients=coefficients, scale="spectral", batch_same_shapes=batched
+        )
+        state = tx.init(tree)
+        return jax.jit(lambda t: tx.update(t, state)[0])
+
+    methods = {
+        "optax muon NS (per leaf)": (
+            "muon",
+            False,
+            jax.jit(lambda t: {k: _OPTAX_NS(v) for k, v in t.items()}),
+        ),
+        "normtx muon batched": ("muon", True, transform("muon", True)),
+        "normtx muon per-leaf": ("muon", False, transform("muon", False)),
+        "normtx polar_express batched": ("polar_express", True, transform("polar_express", True)),
+        "normtx polar_express per-leaf": (
+            "polar_express",
+            False,
+            transform("polar_express", False),
+        ),
+    }
+    times = interleaved_medians(
+        {k: (lambda f=f: f(tree)) for k, (_, _, f) in methods.items()}, cfg["repeats"]
+    )
+    rows = []
+    for name, (schedule, batched, fn) in methods.items():
+        out = fn(tree)
+        acc = accuracy(np.stack([np.asarray(out[k]) for k in sorted(out)]), ref)
+        rows.append(
+            {
+                "case": f"tree {n_leaves}x{d}x{d}",
+                "family": "spread",
+                "method": name,
+                "schedule": schedule,
+                "steps": 5,
+                "batched": batched,
+                "time_s": times[name],
+                "vs_optax": times[name] / times["optax muon NS (per leaf)"],
+                **acc,
+                "max_abs_sigma_minus_1": max(1 - acc["sigma_min"], acc["sigma_max"] - 1),
+            }
+        )
+    return rows, {r["method"]: r for r in rows}
+
+
+# ---- targets, table, plot -----------------------------------------------------------------------
+
+
+def targets(tree: dict, big: dict[str, dict], big_shape: str) -> list[dict]:
+    pe_b = tree["normtx polar_express batched"]
+    pe_l = tree["normtx polar_express per-leaf"]
+    opt = tree["optax muon NS (per leaf)"]
+    out = [
+        {
+            "target": "1: 5-step tree time vs optax",
+            "value": pe_b["time_s"] / opt["time_s"],
+            "threshold": "<= 0.6",
+            "met": pe_b["time_s"] / opt["time_s"] <= 0.6,
+        },
+        {
+            "target": "1: 5-step tree max|sigma-1| (optax's in note)",
+            "value": pe_b["max_abs_sigma_minus_1"],
+            "threshold": "<= 0.15",
+            "met": pe_b["max_abs_sigma_minus_1"] <= 0.15,
+            "note": f"optax: {opt['max_abs_sigma_minus_1']:.3f}",
+        },
+    ]
+    for family, facts in big.items():
+        ok = facts["time_to_1e-2"] is not None
+        ratio = facts["time_to_1e-2"] / facts["svd_time"] if ok else float("inf")
+        out.append(
+            {
+                "target": f"2: rel_err<=1e-2 at {big_shape} ({family}) vs svd",
+                "value": ratio,
+                "threshold": "<= 0.25",
+                "met": bool(ok and ratio <= 0.25),
+                "note": f"{facts['steps_to_1e-2']} Polar Express steps",
+            }
+        )
+    out.append(
+        {
+            "target": "3: per-leaf / batched time",
+            "value": pe_l["time_s"] / pe_b["time_s"],
+            "threshold": ">= 1.3",
+            "met": pe_l["time_s"] / pe_b["time_s"] >= 1.3,
+        }
+    )
+    return out
+
+
+def plot(rows: Sequence[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["case"], r["family"]) for r in rows})
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.8), squeeze=False)
+    for ax, (case, family) in zip(axes[0], cases):
+        for r in (r for r in rows if r["case"] == case and r["family"] == family):
+            ax.scatter(r["time_s"], max(r["rel_err"], 1e-8), s=25)
+            ax.annotate(
+                r["method"].replace("normtx ", ""),
+                (r["time_s"], max(r["rel_err"], 1e-8)),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{case} ({family})", fontsize=9)
+        ax.set_xlabel("time [s]")
+    axes[0][0].set_ylabel("‖X − UVᵀ‖_F / ‖UVᵀ‖_F")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    cfg = QUICK if args.quick else FULL
+    rng = np.random.default_rng(0)
+    rows: list[dict] = []
+    big_facts = {}
+    big = cfg["shapes"][1]
+    for m, n in cfg["shapes"]:
+        families = ("spread", "gaussian") if (m, n) == big else ("spread",)
+        for family in families:
+            r, facts = bench_matrix(m, n, family, cfg, rng)
+            rows += r
+            if (m, n) == big:
+                big_facts[family] = facts
+    tree_rows, tree = bench_tree(*cfg["tree"], cfg, rng)
+    rows += tree_rows
+    tgt = targets(tree, big_facts, f"{big[0]}x{big[1]}")
+    columns = ["case", "family", "method", "steps", "time_s", "rel_err", "sigma_min", "sigma_max"]
+    print(format_table(rows, columns))
+    print()
+    print(format_table(tgt, ["target", "value", "threshold", "met", "note"]))
+    payload = {
+        "quick": bool(args.quick),
+        "config": {k: v for k, v in cfg.items()},
+        "rows": rows,
+        "targets": tgt,
+    }
+    path = write_json(args.out, "polar", payload)
+    plot(rows, args.out / "polar.png")
+    print(f"\nwrote {path} and {args.out / 'polar.png'}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

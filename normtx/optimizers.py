@@ -26,7 +26,7 @@ from normtx.norms import Norm, NormSpec, Schatten, l2, linf, rms_to_rms, spectra
 from normtx.transforms._common import check_choice, check_positive
 from normtx.transforms.dualize import dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import escape_velocity_lr, prodigy_step
-from normtx.transforms.modular import modular_norm, modular_norm_partition
+from normtx.transforms.modular import RoleModular, modular_step
 
 __all__: list[str] = [
     "modular_descent",
@@ -176,14 +176,16 @@ def _check_common(what: str, learning_rate, momentum, nesterov, weight_decay) ->
 
 def _descent(
     norm: NormSpec,
+    what: str,
+    *,
     learning_rate,
     momentum,
     nesterov,
     weight_decay,
     step: Step,
     sharpness,
-    what: str,
 ) -> optax.GradientTransformation:
+    """Momentum, the steepest-descent step under ``norm``, weight decay, the learning rate."""
     _check_common(what, learning_rate, momentum, nesterov, weight_decay)
     return optax.chain(
         _momentum(momentum, nesterov),
@@ -228,16 +230,7 @@ def sign_descent(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1–3 (2024).
     """
-    return _descent(
-        linf(),
-        learning_rate,
-        momentum,
-        nesterov,
-        weight_decay,
-        step,
-        sharpness,
-        "sign_descent",
-    )
+    return _descent(linf(), "sign_descent", **locals())
 
 
 def normalized_sgd(
@@ -265,16 +258,7 @@ def normalized_sgd(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1 and 7 (2024).
     """
-    return _descent(
-        l2(),
-        learning_rate,
-        momentum,
-        nesterov,
-        weight_decay,
-        step,
-        sharpness,
-        "normalized_sgd",
-    )
+    return _descent(l2(), "normalized_sgd", **locals())
 
 
 def _spectral_or_l2(polar: PolarMethod) -> Callable[[str, Any], Norm]:
@@ -330,17 +314,10 @@ def spectral_descent(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 4 and 5 (2024).
     """
+    hyper = dict(locals())
+    polar = hyper.pop("polar")
     check_polar_method(polar, "spectral_descent")
-    return _descent(
-        _spectral_or_l2(polar),
-        learning_rate,
-        momentum,
-        nesterov,
-        weight_decay,
-        step,
-        sharpness,
-        "spectral_descent",
-    )
+    return _descent(_spectral_or_l2(polar), "spectral_descent", **hyper)
 
 
 def modular_descent(
@@ -406,39 +383,21 @@ def modular_descent(
     what = "modular_descent"
     _check_common(what, learning_rate, momentum, nesterov, weight_decay)
     _check_bool("escape_velocity", escape_velocity, what)
-    geometry = dict(
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-    )
+    geometry = roles_lib.Geometry.of(locals(), what)
     direction = optax.chain(
         _momentum(momentum, nesterov),
-        modular_norm_partition(roles, sharpness=sharpness, step=step, **geometry),
-        _weight_decay(weight_decay, _role_mask(roles, geometry, lambda r: r.is_matrix)),
+        modular_step(geometry, sharpness=sharpness, step=step),
+        _weight_decay(weight_decay, _role_mask(geometry, lambda r: r.is_matrix)),
     )
     if escape_velocity:
-        norm = modular_norm(roles, **geometry)
+        norm = RoleModular(geometry)
         direction = escape_velocity_lr(direction, norm=norm, init_lr=init_lr, rule=rule)
     return optax.chain(direction, optax.scale_by_learning_rate(learning_rate))
 
 
-def _role_mask(roles: Any, geometry: Mapping[str, Any], keep) -> Any:
-    """``params -> tree of bool``: ``keep(role)`` per leaf, roles resolved like the partition."""
-
-    def mask(params):
-        tree = roles_lib.resolve(
-            params,
-            roles,
-            head=geometry["head"],
-            labels=geometry["labels"],
-            heads_as_batch=geometry["heads_as_batch"],
-        )
-        return jax.tree.map(keep, tree)
-
-    return mask
+def _role_mask(geometry: roles_lib.Geometry, keep: Callable[[roles_lib.Role], Any]) -> Any:
+    """``params -> tree of keep(role)``, the roles resolved as the partition resolves them."""
+    return lambda params: jax.tree.map(keep, geometry.resolve(params))
 
 
 def scion(
@@ -502,16 +461,7 @@ def scion(
         )
     return optax.chain(
         _momentum(momentum, False),
-        modular_norm_partition(
-            roles,
-            step="unit",
-            norms=norms,
-            scales=scales,
-            masses=masses,
-            head=head,
-            labels=labels,
-            heads_as_batch=heads_as_batch,
-        ),
+        modular_step(roles_lib.Geometry.of(locals(), what), step="unit"),
         optax.scale(radius),
         optax.add_decayed_weights(1.0) if constrained else optax.identity(),
         optax.scale_by_learning_rate(learning_rate),
@@ -607,13 +557,15 @@ def muon(
     newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
     polar = functools.partial(newton_schulz, steps=ns_steps, coefficients=ns_coefficients)
     matrix = _MUON_NORMS[scale](polar=polar)
-    geometry = dict(head=head, labels=labels, heads_as_batch=heads_as_batch)
-    polar_norms = dict.fromkeys(POLAR_ROLES, matrix)
+    # 'adamw': the other roles pass the partition unchanged (their AdamW step is made around it).
+    skip = dict.fromkeys(set(roles_lib.ROLE_NAMES) - set(POLAR_ROLES)) if others == "adamw" else {}
+    norms = {**dict.fromkeys(POLAR_ROLES, matrix), **skip}
+    geometry = roles_lib.Geometry.of(locals(), what)
     if others == "modular":
         return optax.chain(
             _momentum(beta, nesterov),
-            modular_norm_partition(roles, step="unit", norms=polar_norms, **geometry),
-            _weight_decay(weight_decay, _role_mask(roles, geometry, lambda r: r.is_matrix)),
+            modular_step(geometry, step="unit"),
+            _weight_decay(weight_decay, _role_mask(geometry, lambda r: r.is_matrix)),
             optax.scale_by_learning_rate(learning_rate),
         )
     adam_learning_rate = learning_rate if adam_learning_rate is None else adam_learning_rate
@@ -622,8 +574,7 @@ def muon(
     check_positive("adam_weight_decay", adam_weight_decay, what, allow_zero=True)
     for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
         _check_unit_interval(name, value, what)
-    label = _role_mask(roles, geometry, lambda r: "muon" if r.name in POLAR_ROLES else "adam")
-    skip = dict.fromkeys(set(roles_lib.ROLE_NAMES) - set(POLAR_ROLES))
+    label = _role_mask(geometry, lambda r: "muon" if r.name in POLAR_ROLES else "adam")
     return optax.chain(
         optax.partition(
             {
@@ -632,7 +583,7 @@ def muon(
             },
             label,
         ),
-        modular_norm_partition(roles, step="unit", norms={**polar_norms, **skip}, **geometry),
+        modular_step(geometry, step="unit"),
         optax.partition(
             {
                 "muon": optax.chain(

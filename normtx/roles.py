@@ -46,7 +46,8 @@ Regexes (``labels`` keys and ``head``) match a whole path or its trailing compon
 ``'Dense_1'`` matches ``'params/Dense_1'`` but not ``'params/Dense_10'``.
 
 ``describe(params)`` prints the table of paths, shapes, roles, norms and scales that
-``normtx.modular_norm_partition`` uses with the same arguments (``assign`` computes both).
+``normtx.modular_norm_partition`` uses with the same arguments (``Geometry.assign`` computes
+both).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ __all__ = [
     "ROLE_NAMES",
     "VECTOR_ROLES",
     "Assignment",
+    "Geometry",
     "Role",
-    "assign",
     "check_scales",
     "default_norms",
     "describe",
@@ -752,48 +753,115 @@ class Assignment:
     scale: Any  # a positive number (an array under optax.inject_hyperparams)
 
 
-def assign(
-    params: Any,
-    roles: Any = None,
-    *,
-    norms: NormsSpec = None,
-    scales: ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-    what: str = "normtx.roles",
-) -> list[Assignment]:
-    """Role, norm and scale of every leaf, in flatten order (the one place this is computed).
+@dataclasses.dataclass(frozen=True, eq=False)
+class Geometry:
+    """Roles plus the norm and scale of each role: everything the modular norm of a network needs.
 
-    ``scales``: ``None`` (every ``s_l = 1``), one number, a dict role name -> scale (missing roles
-    1), or ``'mass'``: modula's masses (Large et al., 2024). Each slice of a leaf with role ``r`` is
-    an atom of mass ``m_r`` (``masses``, default ``DEFAULT_MASSES``: 1 for every role); the total
-    mass is ``M = Σ_k m_{r(k)} · L_k`` over the normed leaves (``L_k`` the number of layers of a
-    scanned leaf, else 1) and the scale is ``s_l = M / m_{r(l)}``. The unit step
-    ``dualize_l(G_l)/s_l`` then moves each slice by its share ``m_l / M`` of the update, the
-    rule modula's ``normalize`` applies to every atom of a network with unit sensitivities.
+    ``normtx.modular_norm``, ``modular_norm_partition``, ``describe`` and the optimizers build one
+    from their arguments and read every leaf's role, norm and scale from ``assign``, so they cannot
+    disagree. Validated at construction.
+
+    Attributes:
+      roles: ``None`` (``infer`` them) or a pytree of role names / ``Role`` matched by path.
+      norms: ``{role name: Norm or None}`` overriding ``default_norms()`` (``None``: not normed).
+      scales: ``None`` (every ``s_l = 1``), one number, ``{role name: s}`` (missing roles 1), or
+        ``'mass'``: modula's masses (Large et al., 2024). Each slice of a leaf with role ``r`` is
+        an atom of mass ``m_r`` (``masses``, default ``DEFAULT_MASSES``: 1 for every role); the
+        total mass is ``M = Σ_k m_{r(k)} · L_k`` over the normed leaves (``L_k`` the number of
+        layers of a scanned leaf, else 1) and the scale is ``s_l = M / m_{r(l)}``. The unit step
+        ``dualize_l(G_l)/s_l`` then moves each slice by its share ``m_l / M`` of the update, the
+        rule modula's ``normalize`` applies to every atom of a network with unit sensitivities.
+      masses: ``{role name: mass per slice}`` for ``scales='mass'``.
+      head, labels, heads_as_batch: as in ``infer`` (only without explicit ``roles``).
+      what: the name errors start with.
     """
-    check_scales(scales, masses, what)
-    resolved = _resolve_roles(
-        params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch, what=what
-    )
-    table = merge_norms(norms, what)
-    bound = [_bind(table[role.name], role, path, leaf, what) for path, leaf, role in resolved]
-    for (path, leaf, _), norm in zip(resolved, bound, strict=True):
-        if norm is not None:
-            try:
-                norm.check_leaf(leaf, path)
-            except ValueError as e:
-                raise ValueError(f"{what}: {e}") from None
-    layer_counts = [
-        math.prod(np.shape(leaf)[a] for a in role.layer_axes) for _, leaf, role in resolved
-    ]
-    s = _scale_values(scales, masses, [r for _, _, r in resolved], layer_counts, bound)
-    return [
-        Assignment(path, leaf, role, norm, scale)
-        for (path, leaf, role), norm, scale in zip(resolved, bound, s, strict=True)
-    ]
+
+    roles: Any = None
+    norms: NormsSpec = None
+    scales: ScalesSpec = None
+    masses: Mapping[str, float] | None = None
+    head: HeadSpec = None
+    labels: LabelSpec = None
+    heads_as_batch: bool = False
+    what: str = "normtx.roles"
+
+    def __post_init__(self):
+        check_scales(self.scales, self.masses, self.what)
+        merge_norms(self.norms, self.what)
+        if self.roles is not None and (self.head is not None or self.labels is not None):
+            raise ValueError(
+                f"{self.what}: give either an explicit roles tree or head=/labels= for "
+                "inference, not both."
+            )
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any], what: str) -> Geometry:
+        """The geometry named by a function's arguments (its ``locals()``); other names ignored."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"what"}
+        return cls(**{k: v for k, v in arguments.items() if k in names}, what=what)
+
+    def resolve(self, params: Any) -> Any:
+        """A pytree of ``Role`` with the structure of ``params`` (see ``normtx.roles.resolve``)."""
+        return resolve(
+            params,
+            self.roles,
+            head=self.head,
+            labels=self.labels,
+            heads_as_batch=self.heads_as_batch,
+        )
+
+    def assign(self, params: Any, what: str | None = None) -> list[Assignment]:
+        """Role, norm and scale of every leaf, in flatten order (the one place this is computed)."""
+        what = what or self.what
+        resolved = _resolve_roles(
+            params,
+            self.roles,
+            head=self.head,
+            labels=self.labels,
+            heads_as_batch=self.heads_as_batch,
+            what=what,
+        )
+        table = merge_norms(self.norms, what)
+        bound = [_bind(table[role.name], role, path, leaf, what) for path, leaf, role in resolved]
+        for (path, leaf, _), norm in zip(resolved, bound, strict=True):
+            if norm is not None:
+                try:
+                    norm.check_leaf(leaf, path)
+                except ValueError as e:
+                    raise ValueError(f"{what}: {e}") from None
+        layer_counts = [
+            math.prod(np.shape(leaf)[a] for a in role.layer_axes) for _, leaf, role in resolved
+        ]
+        roles = [r for _, _, r in resolved]
+        s = _scale_values(self.scales, self.masses, roles, layer_counts, bound)
+        return [
+            Assignment(path, leaf, role, norm, scale)
+            for (path, leaf, role), norm, scale in zip(resolved, bound, s, strict=True)
+        ]
+
+    def describe(self, params: Any, print_fn: Callable[[str], Any] | None = print) -> str:
+        """Prints and returns the table of ``normtx.roles.describe``."""
+        rows = [("path", "shape", "role", "axes", "norm", "scale")]
+        for a in self.assign(params):
+            rows.append(
+                (
+                    a.path,
+                    str(tuple(np.shape(a.leaf))),
+                    a.role.label,
+                    a.role.describe_axes(),
+                    "-" if a.norm is None else a.norm.name,
+                    f"{float(a.scale):g}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        table = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(table)
+        return table
 
 
 def _is_scalar_array(x) -> bool:
@@ -830,35 +898,7 @@ def describe(
 ) -> str:
     """Prints and returns a table: path, shape, role, axes, norm, scale (as the partition uses).
 
-    Takes the arguments of ``normtx.modular_norm_partition`` (the same ``assign`` computes both);
+    Takes the arguments of ``normtx.modular_norm_partition`` (``Geometry.assign`` computes both);
     ``print_fn=None`` only returns the table.
     """
-    rows = [("path", "shape", "role", "axes", "norm", "scale")]
-    for a in assign(
-        params,
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what="roles.describe",
-    ):
-        rows.append(
-            (
-                a.path,
-                str(tuple(np.shape(a.leaf))),
-                a.role.label,
-                a.role.describe_axes(),
-                "-" if a.norm is None else a.norm.name,
-                f"{float(a.scale):g}",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    table = "\n".join(lines)
-    if print_fn is not None:
-        print_fn(table)
-    return table
+    return Geometry.of(locals(), "roles.describe").describe(params, print_fn)

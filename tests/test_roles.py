@@ -266,9 +266,9 @@ def test_describe_prints_and_returns_the_table(capsys):
     assert roles.describe(params, print_fn=None) == roles.describe(params, print_fn=None)
 
 
-def test_assign_binds_role_axes_to_the_norms():
+def test_geometry_binds_role_axes_to_the_norms():
     variables = _linen_shapes(LinenScanned(), jnp.ones((2, 5), jnp.int32))
-    got = {a.path: a for a in roles.assign(variables["params"])}
+    got = {a.path: a for a in roles.Geometry().assign(variables["params"])}
     kernel = got["layers/Dense_0/kernel"].norm
     assert (kernel.fan_in_axes, kernel.fan_out_axes) == ((1,), (2,))
     out = got["layers/MultiHeadDotProductAttention_0/out/kernel"].norm
@@ -282,7 +282,7 @@ def test_mass_scales_follow_the_formula():
     variables = _linen_shapes(LinenScanned(), jnp.ones((2, 5), jnp.int32))
     params = variables["params"]
     masses = {"embedding": 2.0, "head": 3.0, "bias": 0.25, "gain": 0.5}
-    got = roles.assign(params, scales="mass", masses=masses)
+    got = roles.Geometry(scales="mass", masses=masses).assign(params)
     table = {**roles.DEFAULT_MASSES, **masses}
     # Counted by hand: embedding 2 + head 3 + head bias 0.25, and per layer (3 layers) four
     # attention kernels and one hidden kernel (mass 1), five biases (q, k, v, out, LayerNorm; 0.25)
@@ -311,9 +311,9 @@ def test_unknown_role_name_is_an_error_naming_the_path():
     with pytest.raises(ValueError, match=r"unknown role name 'hiden' for leaf 'Dense_0/kernel'"):
         roles.infer(_mlp_params(), labels={"Dense_0/kernel": "hiden"})
     with pytest.raises(ValueError, match=r"unknown role 'hiden' in norms"):
-        roles.assign(_mlp_params(), norms={"hiden": norms.rms()})
+        roles.Geometry(norms={"hiden": norms.rms()})
     with pytest.raises(ValueError, match=r"unknown role 'heads' in scales"):
-        roles.assign(_mlp_params(), scales={"heads": 2.0})
+        roles.Geometry(scales={"heads": 2.0})
     with pytest.raises(ValueError, match=r"unknown role 'bogus'"):
         Role("bogus")
 
@@ -322,7 +322,7 @@ def test_vector_leaf_given_a_matrix_norm_is_an_error_naming_the_path():
     with pytest.raises(
         ValueError, match=r"'Dense_0/bias' \(shape \(4,\), float32\) has role 'bias'"
     ):
-        roles.assign(_mlp_params(), norms={"bias": norms.spectral()})
+        roles.Geometry(norms={"bias": norms.spectral()}).assign(_mlp_params())
     with pytest.raises(
         ValueError, match=r"leaf 'Dense_0/bias' of shape \(4,\) is labelled 'hidden'"
     ):
@@ -331,8 +331,8 @@ def test_vector_leaf_given_a_matrix_norm_is_an_error_naming_the_path():
 
 def test_norm_with_other_axes_than_its_role_is_an_error():
     with pytest.raises(ValueError, match=r"'Dense_0/kernel'.*fan_in_axes=\(1,\)"):
-        roles.assign(
-            _mlp_params(), norms={"hidden": norms.rms_to_rms(fan_in_axes=1, fan_out_axes=0)}
+        roles.Geometry(norms={"hidden": norms.rms_to_rms(fan_in_axes=1, fan_out_axes=0)}).assign(
+            _mlp_params()
         )
 
 
@@ -357,9 +357,9 @@ def test_mismatched_explicit_roles_tree_is_an_error():
         match=r"Parameters without a role: \['Dense_1/bias', 'Dense_1/kernel'\]; "
         r"roles without a parameter: \['Dense_2/kernel'\]",
     ):
-        roles.assign(_mlp_params(), explicit)
+        roles.Geometry(explicit).assign(_mlp_params())
     with pytest.raises(ValueError, match=r"entry 'Dense_0/kernel' of the roles tree is 3"):
-        roles.assign(_mlp_params(), {"Dense_0": {"kernel": 3, "bias": "bias"}})
+        roles.Geometry({"Dense_0": {"kernel": 3, "bias": "bias"}}).assign(_mlp_params())
 
 
 def test_unclassifiable_leaf_is_an_error_listing_paths_and_the_fix():

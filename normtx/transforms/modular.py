@@ -2,9 +2,9 @@
 
 ``modular_norm`` is the norm ``max_l s_l N_l(W_l)`` of a parameter tree whose ``N_l`` and ``s_l``
 come from the role of each leaf (``normtx.roles``); ``modular_norm_partition`` takes its
-steepest-descent step. Both are built from ``normtx.roles.assign`` with the same arguments, so the
-norm a step-size rule measures (``escape_velocity_lr(norm=modular_norm(...))``) is the norm the
-partition descends.
+steepest-descent step. Both read each leaf's norm and scale from one ``normtx.roles.Geometry``, so
+the norm a step-size rule measures (``escape_velocity_lr(norm=modular_norm(...))``) is the norm
+the partition descends.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "RoleModular",
     "modular_norm",
     "modular_norm_partition",
+    "modular_step",
 ]
 
 Step = Literal["dual_norm", "unit"]
@@ -40,76 +41,25 @@ class RoleModular(Modular):
     ``resolve``) that works on any parameter tree: the roles are inferred from (or matched by
     path to) the tree it is given, so it needs no params at construction and accepts both an nnx
     ``State`` and the pure arrays ``nnx.Optimizer`` passes to ``update``. Build it with
-    ``normtx.modular_norm``.
+    ``normtx.modular_norm``; ``geometry`` is its ``normtx.roles.Geometry``.
     """
 
-    def __init__(
-        self,
-        roles: Any = None,
-        *,
-        norms: roles_lib.NormsSpec = None,
-        scales: roles_lib.ScalesSpec = None,
-        masses: Mapping[str, float] | None = None,
-        head: roles_lib.HeadSpec = None,
-        labels: roles_lib.LabelSpec = None,
-        heads_as_batch: bool = False,
-    ):
-        what = "modular_norm"
-        roles_lib.check_scales(scales, masses, what)
-        roles_lib.merge_norms(norms, what)
-        if roles is not None and (head is not None or labels is not None):
-            raise ValueError(
-                f"{what}: give either an explicit roles tree or head=/labels= for inference, "
-                "not both."
-            )
-        super().__init__(norms=norms, scales=None)
-        self.roles = roles
-        self.role_scales = scales
-        self.masses = masses
-        self.head = head
-        self.labels = labels
-        self.heads_as_batch = heads_as_batch
+    def __init__(self, geometry: roles_lib.Geometry):
+        super().__init__(norms=geometry.norms, scales=None)
+        self.geometry = geometry
 
     def __repr__(self) -> str:
-        return (
-            f"RoleModular(roles={self.roles!r}, norms={self.norms!r}, scales={self.role_scales!r}, "
-            f"masses={self.masses!r}, head={self.head!r}, labels={self.labels!r}, "
-            f"heads_as_batch={self.heads_as_batch})"
-        )
-
-    def assign(self, tree: Any, what: str = "modular_norm") -> list[roles_lib.Assignment]:
-        """Role, norm and scale of every leaf of ``tree`` (see ``normtx.roles.assign``)."""
-        return roles_lib.assign(
-            tree,
-            self.roles,
-            norms=self.norms,
-            scales=self.role_scales,
-            masses=self.masses,
-            head=self.head,
-            labels=self.labels,
-            heads_as_batch=self.heads_as_batch,
-            what=what,
-        )
+        return f"RoleModular({self.geometry!r})"
 
     def resolve(
         self, tree: Any, what: str = "modular_norm"
     ) -> list[tuple[str, Any, Norm | None, Any]]:
         """``[(path, leaf, norm, scale), ...]`` for every leaf, validated."""
-        return [(a.path, a.leaf, a.norm, a.scale) for a in self.assign(tree, what)]
+        return [(a.path, a.leaf, a.norm, a.scale) for a in self.geometry.assign(tree, what)]
 
     def describe(self, tree: Any, print_fn=print) -> str:
         """The table of ``normtx.roles.describe`` for ``tree``."""
-        return roles_lib.describe(
-            tree,
-            self.roles,
-            norms=self.norms,
-            scales=self.role_scales,
-            masses=self.masses,
-            head=self.head,
-            labels=self.labels,
-            heads_as_batch=self.heads_as_batch,
-            print_fn=print_fn,
-        )
+        return self.geometry.describe(tree, print_fn)
 
 
 def modular_norm(
@@ -135,7 +85,7 @@ def modular_norm(
         leaves that role's leaves out of the norm (their updates pass through unchanged). The
         role supplies the dimension numbers (leave the norm's axes unset).
       scales: the ``s_l``: ``None`` (all 1), a number, ``{role name: s}`` (missing roles 1), or
-        ``'mass'`` (modula's masses, ``s_l = M / m_l``; see ``normtx.roles.assign``).
+        ``'mass'`` (modula's masses, ``s_l = M / m_l``; see ``normtx.roles.Geometry``).
       masses: ``{role name: mass per slice}`` for ``scales='mass'``.
       head, labels, heads_as_batch: passed to ``normtx.roles.infer``.
 
@@ -151,15 +101,7 @@ def modular_norm(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
-    return RoleModular(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-    )
+    return RoleModular(roles_lib.Geometry.of(locals(), "modular_norm"))
 
 
 class ModularNormPartitionState(NamedTuple):
@@ -229,18 +171,21 @@ def modular_norm_partition(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
+    geometry = roles_lib.Geometry.of(locals(), "modular_norm_partition")
+    return modular_step(geometry, sharpness=sharpness, step=step)
+
+
+def modular_step(
+    geometry: roles_lib.Geometry,
+    *,
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+    step: Step = "dual_norm",
+) -> optax.GradientTransformation:
+    """``modular_norm_partition`` for a ready ``normtx.roles.Geometry`` (the optimizers' entry)."""
     what = "modular_norm_partition"
     check_positive("sharpness", sharpness, what)
     check_choice("step", step, ("dual_norm", "unit"), what)
-    mod = modular_norm(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-    )
+    mod = RoleModular(geometry)
 
     def init_fn(params):
         mod.resolve(params, what)

@@ -47,11 +47,12 @@ def compose(schedule, x):
     return x
 
 
-def iteration_oracle(g, schedule) -> np.ndarray:
-    """``U f(Σ / ‖G‖_F) Vᵀ`` for each matrix of ``g``: what the matrix iteration computes exactly
-    (an odd polynomial acts on each singular value, anthology Appendix A)."""
+def iteration_oracle(g, schedule, schatten: int = 2) -> np.ndarray:
+    """``U f(Σ / ‖σ‖_p) Vᵀ`` for each matrix of ``g`` (p = 2: Frobenius, p = 4: Schatten-4): what
+    the matrix iteration computes exactly (an odd polynomial acts on each singular value,
+    anthology Appendix A)."""
     g = np.asarray(g, np.float64)
     u, s, vh = np.linalg.svd(g, full_matrices=False)
-    fro = np.linalg.norm(s, axis=-1, keepdims=True)
+    fro = np.linalg.norm(s, ord=schatten, axis=-1, keepdims=True)
     f = compose(schedule, np.divide(s, fro, out=np.zeros_like(s), where=fro > 0))
     return (u * f[..., None, :]) @ vh

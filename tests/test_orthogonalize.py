@@ -133,6 +133,17 @@ def test_scales(scale, factor):
         np.testing.assert_allclose(np.asarray(u[k]), expected, atol=5e-6)
 
 
+def test_schatten4_normalization_and_cubic_schedule_pass_through():
+    g = jax.random.normal(jax.random.key(9), (2, 12, 7), jnp.float32)
+    for kwargs, schatten in (({"normalization": "schatten4"}, 4), ({"coefficients": "cubic"}, 2)):
+        tx = normtx.orthogonalize_newton_schulz(scale="spectral", dims=STACKED, **kwargs)
+        u, _ = tx.update({"w": g}, tx.init({"w": g}))
+        schedule = newton_schulz_schedule(kwargs.get("coefficients", "polar_express"), 5)
+        np.testing.assert_allclose(
+            np.asarray(u["w"]), iteration_oracle(g, schedule, schatten=schatten), atol=5e-6
+        )
+
+
 def _mixed_tree():
     rng = np.random.default_rng(5)
     f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
@@ -294,6 +305,7 @@ def test_bad_dims_spec():
         ({"scale": None}, "scale"),
         ({"compute_dtype": jnp.int8}, "compute_dtype"),
         ({"batch_same_shapes": 1}, "batch_same_shapes"),
+        ({"normalization": "l1"}, "normalization"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, match):

@@ -1,6 +1,7 @@
 """Matrix functions for the norms and transforms: polar factors and inverse roots."""
 
 from normtx.linalg.newton_schulz import (
+    NORMALIZATIONS,
     NS_SCHEDULES,
     newton_schulz,
     newton_schulz_schedule,
@@ -19,6 +20,7 @@ from normtx.linalg.svd import singular_values, svd_polar, thresholded_svd
 
 __all__ = [
     "INVERSE_ROOT_METHODS",
+    "NORMALIZATIONS",
     "NS_SCHEDULES",
     "POLAR_METHODS",
     "InversePthRootInfo",

@@ -15,7 +15,13 @@ from jax.typing import ArrayLike, DTypeLike
 
 from normtx._pytree import broadcast_to_leaves, describe_leaf
 from normtx.dims import DimensionNumbers, as_matrices, normalize_axes
-from normtx.linalg.newton_schulz import NsSchedule, newton_schulz, newton_schulz_schedule
+from normtx.linalg.newton_schulz import (
+    NORMALIZATIONS,
+    Normalization,
+    NsSchedule,
+    newton_schulz,
+    newton_schulz_schedule,
+)
 from normtx.transforms._common import check_choice, check_positive
 
 __all__ = ["orthogonalize_newton_schulz"]
@@ -100,6 +106,7 @@ def orthogonalize_newton_schulz(
     dims: DimsSpec = None,
     compute_dtype: DTypeLike | None = None,
     batch_same_shapes: bool = True,
+    normalization: Normalization = "frobenius",
 ) -> optax.GradientTransformation:
     r"""Maps every matrix of every leaf to ``scale · U Vᵀ`` by a Newton–Schulz iteration.
 
@@ -128,6 +135,7 @@ def orthogonalize_newton_schulz(
       compute_dtype: matmul input dtype of the iteration (e.g. ``jnp.bfloat16``; float32
         accumulation); default float32 (float64 for float64 leaves).
       batch_same_shapes: stack same-shape matrices into one batched iteration.
+      normalization: ``'frobenius'`` or ``'schatten4'`` (see ``normtx.linalg.newton_schulz``).
 
     Returns:
       An ``optax.GradientTransformation`` with empty state returning a descent direction (end
@@ -161,6 +169,7 @@ def orthogonalize_newton_schulz(
         raise ValueError(f"{_WHAT}: scale must be one of {_SCALES} or a number > 0, got {scale!r}.")
     if compute_dtype is not None and not jnp.issubdtype(jnp.dtype(compute_dtype), jnp.floating):
         raise ValueError(f"{_WHAT}: compute_dtype must be a float dtype, got {compute_dtype!r}.")
+    check_choice("normalization", normalization, NORMALIZATIONS, _WHAT)
     if not isinstance(batch_same_shapes, bool):
         raise ValueError(f"{_WHAT}: batch_same_shapes must be a bool, got {batch_same_shapes!r}.")
 
@@ -172,7 +181,11 @@ def orthogonalize_newton_schulz(
 
     def orthogonalize(stacked: jax.Array) -> jax.Array:
         return newton_schulz(
-            stacked, steps=steps, coefficients=schedule, compute_dtype=compute_dtype
+            stacked,
+            steps=steps,
+            coefficients=schedule,
+            compute_dtype=compute_dtype,
+            normalization=normalization,
         )
 
     def init_fn(params):

@@ -1,72 +1,104 @@
-"""``make demo``: train a real model with AdamW and with normtx, side by side, and show the evidence.
+"""``make demo``: train a character-level language model with AdamW and with normtx, side by side.
 
-Trains scikit-learn's bundled digits (an MLP, a few hundred steps) with ``optax.adamw`` and with
-normtx's geometry (RMS->RMS on kernels and RMS on biases, anthology epilogue) from the same initial
-weights on the same batches, shows progress bars, prints a comparison table (final training loss,
-test accuracy, training wall time, compile time) and writes ``demo_output/``: ``demo.json`` and
-``demo.png`` (validation curves against steps and wall time).
+The model is a small transformer (``benchmarks.tasks.charlm``: 2 layers, width 128, context 64)
+trained on the Python standard library's own source code — a fixed list of files on every
+CPython 3.10+ install, nothing downloaded. Both optimizers start from the same weights, see the
+same batches, and run the same number of steps with the same learning-rate shape (cosine decay):
+
+- ``optax.adamw`` at peak LR 4e-3 (the best of ``benchmarks/bench_train.py``'s 6-point sweep);
+- ``normtx.optimizers.modular_descent(escape_velocity=True)``: steepest descent under the
+  role-based modular norm (anthology Prop. 7) with the escape-velocity step size (Story III) —
+  its learning rate is a multiplier fixed at 1: *nothing tuned*.
+
+It shows progress bars, prints a comparison table (final validation loss in nats per character,
+next-character accuracy, training time, compile time), samples a few lines of generated Python from
+each model, and writes ``demo_output/demo.json`` and ``demo_output/demo.png`` (validation loss
+against steps and against wall time).
 
     python -m examples.demo [--quick] [--out DIR]
 
-``--quick`` runs a few steps only (the test suite's smoke test).
+``--quick`` trains a tiny model for a few steps (the test suite's smoke test).
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 from collections.abc import Sequence
 
-import optax
-
-import normtx
-from normtx import norms
-
 from benchmarks.common import environment, format_table, parse_args
-from benchmarks.tasks import digits, train
+from benchmarks.tasks import charlm, train
+from benchmarks.tasks import optimizers as opt
+
+FULL = {
+    "model": charlm.Config(depth=2, width=128, heads=4, context=64),
+    "steps": 400,
+    "batch_size": 16,
+    "eval_every": 50,
+    "sample_chars": 160,
+}
+QUICK = {
+    "model": charlm.Config(depth=1, width=32, heads=2, context=16),
+    "steps": 10,
+    "batch_size": 8,
+    "eval_every": 5,
+    "sample_chars": 20,
+}
+ADAMW_LR = 4e-3
+PROMPTS = ("def ", "class ", "    if ")
 
 
-def geometry(path: str, leaf) -> norms.Norm:
-    """RMS->RMS on kernels (a rescaled spectral norm), RMS on biases."""
-    return norms.rms_to_rms() if leaf.ndim == 2 else norms.rms()
-
-
-def optimizers() -> dict[str, optax.GradientTransformation]:
+def optimizers(steps: int) -> dict:
     return {
-        "optax.adamw(1e-3)": optax.adamw(1e-3),
-        "normtx rms_to_rms (lr 0.03)": optax.chain(
-            normtx.dualize(geometry), optax.scale_by_learning_rate(0.03)
-        ),
+        f"optax.adamw (lr {ADAMW_LR:g})": opt.adamw(ADAMW_LR, steps),
+        "normtx modular + escape velocity (untuned)": opt.modular_ev(steps),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    args = parse_args(__doc__.splitlines()[0], argv, out=train.pathlib.Path("demo_output"))
-    steps, eval_every = (20, 10) if args.quick else (300, 50)
-    task = digits.task("mlp")
+    args = parse_args(__doc__.splitlines()[0], argv, out=pathlib.Path("demo_output"))
+    s = QUICK if args.quick else FULL
+    task = charlm.task(s["model"], eval_windows=16 if args.quick else 128)
+    steps = s["steps"]
+    print(f"char-LM on {task.info['train_chars']:,} characters of the Python standard library")
+    print(f"(corpus sha256 {task.info['corpus_sha256'][:16]}…), {s['model']}\n")
     runs = [
-        train.train(task, tx, steps=steps, batch_size=64, eval_every=eval_every, name=name)
-        for name, tx in optimizers().items()
+        train.train(
+            task, tx, steps=steps, batch_size=s["batch_size"], eval_every=s["eval_every"], name=name
+        )
+        for name, tx in optimizers(steps).items()
     ]
     rows = [
         {
             "optimizer": run.name,
-            "final train loss": run.train_loss[-1] if run.train_loss else float("nan"),
-            "test loss": run.val["loss"][-1],
-            "test accuracy": run.val["accuracy"][-1],
+            "val loss": train.finite_or_none(run.final_val_loss),
+            "val accuracy": run.val["accuracy"][-1],
             "train time (s)": run.wall_s[-1],
             "compile (s)": run.compile_s,
         }
         for run in runs
     ]
-    print(f"\n{task.name}: {steps} steps, batch 64, seed 0\n")
+    samples = {
+        run.name: [
+            charlm.sample(run.model(), prompt, s["sample_chars"], seed=i)
+            for i, prompt in enumerate(PROMPTS)
+        ]
+        for run in runs
+    }
+    print(f"\n{steps} steps, batch {s['batch_size']}, seed 0\n")
     print(format_table(rows))
+    for name, texts in samples.items():
+        print(f"\n--- samples: {name} ---")
+        for text in texts:
+            print(text.split("\n")[0] if args.quick else text)
     args.out.mkdir(parents=True, exist_ok=True)
-    train.plot_runs(runs, args.out / "demo.png", title=f"{task.name}, {steps} steps")
+    train.plot_runs(runs, args.out / "demo.png", title=f"char-LM (stdlib), {steps} steps")
     payload = {
         "environment": environment(),
         "task": task.info,
-        "steps": steps,
+        "settings": {k: v for k, v in s.items() if k != "model"},
         "rows": rows,
+        "samples": samples,
         "runs": [run.to_json() for run in runs],
     }
     (args.out / "demo.json").write_text(json.dumps(payload, indent=2))

@@ -242,25 +242,27 @@ def sample(
     model: Transformer, prompt: str, length: int, *, temperature: float = 0.8, seed: int = 0
 ) -> str:
     """``prompt`` followed by ``length`` sampled characters (a sliding window of ``context``)."""
-    ctx = model.cfg.context
-    ids = encode(prompt)[-ctx:]
+    ids = encode(prompt)[-model.cfg.context :]
     n = len(ids)
-    buf = jnp.zeros(n + length, jnp.int32).at[:n].set(jnp.asarray(ids))
+    buf = np.zeros(n + length, np.int32)
+    buf[:n] = ids
     graphdef, state = nnx.split(model)
+    out = _generate(graphdef, float(temperature), state, jnp.asarray(buf), n, jax.random.key(seed))
+    return prompt + decode(np.asarray(out)[n:])
 
-    @jax.jit
-    def generate(state, buf, key):
-        model = nnx.merge(graphdef, state)
 
-        def body(t, carry):
-            buf, key = carry
-            start = jnp.maximum(t - ctx, 0)
-            window = jax.lax.dynamic_slice(jnp.pad(buf, (0, ctx)), (start,), (ctx,))
-            logits = model(window[None])[0, t - 1 - start]
-            key, sub = jax.random.split(key)
-            nxt = jax.random.categorical(sub, logits / temperature)
-            return buf.at[t].set(nxt), key
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _generate(graphdef, temperature: float, state, buf: jax.Array, n, key: jax.Array) -> jax.Array:
+    """Fills ``buf[n:]`` token by token; compiled once per model and buffer length."""
+    model = nnx.merge(graphdef, state)
+    ctx = model.cfg.context
 
-        return jax.lax.fori_loop(n, n + length, body, (buf, key))[0]
+    def body(t, carry):
+        buf, key = carry
+        start = jnp.maximum(t - ctx, 0)
+        window = jax.lax.dynamic_slice(jnp.pad(buf, (0, ctx)), (start,), (ctx,))
+        logits = model(window[None])[0, t - 1 - start]
+        key, sub = jax.random.split(key)
+        return buf.at[t].set(jax.random.categorical(sub, logits / temperature)), key
 
-    return prompt + decode(generate(state, buf, jax.random.key(seed))[n:])
+    return jax.lax.fori_loop(n, buf.shape[0], body, (buf, key))[0]

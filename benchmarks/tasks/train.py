@@ -18,6 +18,7 @@ optimizers and ``normtx.roles.infer`` see paths such as ``blocks/0/attn/q_proj/k
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 import time
@@ -34,11 +35,16 @@ from tqdm.auto import tqdm
 __all__ = [
     "Run",
     "Task",
+    "Trainer",
     "batch_order",
+    "best",
+    "finite_or_none",
     "init_params",
     "make_train_step",
     "plot_runs",
+    "sweep",
     "train",
+    "tree_size",
 ]
 
 
@@ -144,8 +150,102 @@ def _make_chunk(task: Task, graphdef: Any, tx: optax.GradientTransformation):
     return jax.jit(chunk, donate_argnums=(0, 1))
 
 
-def _make_eval(task: Task, graphdef: Any):
-    return jax.jit(lambda params, batch: task.metrics(nnx.merge(graphdef, params), batch))
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate(metrics: Callable, graphdef: Any, params: Any, batch: Any) -> dict[str, jax.Array]:
+    """Evaluation metrics; compiled once per model and metric, shared by every run."""
+    return metrics(nnx.merge(graphdef, params), batch)
+
+
+class Trainer:
+    """Trains ``task``'s model with ``tx`` for ``steps`` steps (see the module docstring).
+
+    The training chunk is compiled once, at the first ``run``, and reused by every later run —
+    other seeds, or other values of an ``optax.inject_hyperparams`` hyperparameter set with
+    ``run(hyperparams=...)`` — since they differ in array values only.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        tx: optax.GradientTransformation,
+        *,
+        steps: int,
+        batch_size: int,
+        eval_every: int = 50,
+    ):
+        if steps <= 0 or eval_every <= 0 or steps % eval_every:
+            raise ValueError(
+                f"train: steps ({steps}) must be a positive multiple of eval_every ({eval_every})."
+            )
+        self.task, self.tx = task, tx
+        self.steps, self.batch_size, self.eval_every = steps, batch_size, eval_every
+        self._chunk, self.compile_s = None, 0.0
+
+    def run(
+        self,
+        *,
+        seed: int = 0,
+        name: str = "",
+        progress: bool = True,
+        hyperparams: dict[str, float] | None = None,
+    ) -> Run:
+        """One run from the weights and data order of ``seed``; ``hyperparams`` overwrite the
+        named ``inject_hyperparams`` entries of the initial optimizer state."""
+        task, steps, eval_every = self.task, self.steps, self.eval_every
+        graphdef, params = init_params(task, seed)
+        order = batch_order(seed, steps, self.batch_size, task.num_positions)
+        # Own buffers for every state leaf: donation fails if a leaf aliases the params (an anchor
+        # w_0) or another leaf.
+        opt_state = jax.tree.map(jnp.copy, self.tx.init(params))
+        for key, value in (hyperparams or {}).items():
+            old = optax.tree_utils.tree_get(opt_state, key)
+            opt_state = optax.tree_utils.tree_set(opt_state, **{key: jnp.asarray(value, old.dtype)})
+        if self._chunk is None:
+            start = time.perf_counter()
+            self._chunk = (
+                _make_chunk(task, graphdef, self.tx)
+                .lower(params, opt_state, task.train_data, order[:eval_every])
+                .compile()
+            )
+            self.compile_s = time.perf_counter() - start
+
+        def record(metrics):
+            for k, v in jax.device_get(metrics).items():
+                val.setdefault(k, []).append(float(v))
+
+        val: dict[str, list[float]] = {}
+        record(_evaluate(task.metrics, graphdef, params, task.eval_data))
+        logged_steps, train_loss, wall_s, elapsed, diverged = [0], [], [0.0], 0.0, False
+        bar = tqdm(total=steps, desc=name or task.name, disable=not progress, leave=True)
+        for t in range(eval_every, steps + 1, eval_every):
+            start = time.perf_counter()
+            params, opt_state, losses = self._chunk(
+                params, opt_state, task.train_data, order[t - eval_every : t]
+            )
+            losses = np.asarray(losses)  # blocks until the chunk is done
+            elapsed += time.perf_counter() - start
+            bar.update(eval_every)
+            if not np.all(np.isfinite(losses)):
+                diverged = True
+                bar.set_postfix_str("diverged")
+                break
+            record(_evaluate(task.metrics, graphdef, params, task.eval_data))
+            logged_steps.append(t)
+            train_loss.append(float(losses.mean()))
+            wall_s.append(elapsed)
+            bar.set_postfix(train=f"{train_loss[-1]:.3f}", val=f"{val['loss'][-1]:.3f}")
+        bar.close()
+        return Run(
+            name=name or task.name,
+            steps=logged_steps,
+            val=val,
+            train_loss=train_loss,
+            wall_s=wall_s,
+            compile_s=self.compile_s,
+            diverged=diverged,
+            graphdef=graphdef,
+            params=params,
+        )
 
 
 def train(
@@ -159,65 +259,10 @@ def train(
     name: str = "",
     progress: bool = True,
 ) -> Run:
-    """Trains ``task``'s model with ``tx`` for ``steps`` steps (see the module docstring).
-
-    ``steps`` must be a multiple of ``eval_every``; every run with the same ``seed`` starts from
-    the same weights and sees the same batches.
-    """
-    if steps <= 0 or eval_every <= 0 or steps % eval_every:
-        raise ValueError(
-            f"train: steps ({steps}) must be a positive multiple of eval_every ({eval_every})."
-        )
-    graphdef, params = init_params(task, seed)
-    order = batch_order(seed, steps, batch_size, task.num_positions)
-    opt_state = tx.init(params)
-    evaluate = _make_eval(task, graphdef)
-
-    start = time.perf_counter()
-    chunk = (
-        _make_chunk(task, graphdef, tx)
-        .lower(params, opt_state, task.train_data, order[:eval_every])
-        .compile()
-    )
-    compile_s = time.perf_counter() - start
-
-    def record(metrics):
-        for k, v in jax.device_get(metrics).items():
-            val.setdefault(k, []).append(float(v))
-
-    val: dict[str, list[float]] = {}
-    record(evaluate(params, task.eval_data))
-    logged_steps, train_loss, wall_s, elapsed, diverged = [0], [], [0.0], 0.0, False
-    bar = tqdm(total=steps, desc=name or task.name, disable=not progress, leave=True)
-    for t in range(eval_every, steps + 1, eval_every):
-        start = time.perf_counter()
-        params, opt_state, losses = chunk(
-            params, opt_state, task.train_data, order[t - eval_every : t]
-        )
-        losses = np.asarray(losses)  # blocks until the chunk is done
-        elapsed += time.perf_counter() - start
-        bar.update(eval_every)
-        if not np.all(np.isfinite(losses)):
-            diverged = True
-            bar.set_postfix_str("diverged")
-            break
-        record(evaluate(params, task.eval_data))
-        logged_steps.append(t)
-        train_loss.append(float(losses.mean()))
-        wall_s.append(elapsed)
-        bar.set_postfix(train=f"{train_loss[-1]:.3f}", val=f"{val['loss'][-1]:.3f}")
-    bar.close()
-    return Run(
-        name=name or task.name,
-        steps=logged_steps,
-        val=val,
-        train_loss=train_loss,
-        wall_s=wall_s,
-        compile_s=compile_s,
-        diverged=diverged,
-        graphdef=graphdef,
-        params=params,
-    )
+    """One run of ``Trainer(task, tx, ...)``: every run with the same ``seed`` starts from the
+    same weights and sees the same batches; ``steps`` must be a multiple of ``eval_every``."""
+    trainer = Trainer(task, tx, steps=steps, batch_size=batch_size, eval_every=eval_every)
+    return trainer.run(seed=seed, name=name, progress=progress)
 
 
 def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: str = "loss") -> None:
@@ -245,10 +290,57 @@ def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: st
     plt.close(fig)
 
 
-def tree_size(tree: Any) -> int:
-    """Number of floating-point entries of a pytree of arrays or ``ShapeDtypeStruct``s."""
-    return sum(
-        int(np.prod(x.shape))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(x.dtype, jnp.floating)
+def tree_size(tree: Any, *, min_size: int = 1) -> int:
+    """Floating-point entries of a pytree of arrays or ``ShapeDtypeStruct``s, counting only leaves
+    of at least ``min_size`` entries (``min_size=2`` leaves out scalars)."""
+    sizes = (
+        math.prod(x.shape) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
     )
+    return sum(n for n in sizes if n >= min_size)
+
+
+def sweep(
+    task: Task,
+    make_tx: Callable[[float], optax.GradientTransformation],
+    lrs: Sequence[float],
+    *,
+    name: str,
+    linear: bool = True,
+    seed: int = 0,
+    steps: int,
+    batch_size: int,
+    eval_every: int = 50,
+    progress: bool = True,
+) -> list[Run]:
+    """One run per learning rate (same seed, data order and budget); names ``'<name> lr=<lr>'``.
+
+    ``linear=True`` says that ``make_tx(lr)``'s update is ``lr`` times ``make_tx(1)``'s (a chain
+    ending in ``scale_by_learning_rate(lr · schedule)`` whose other parts do not read the step
+    taken): the sweep then trains ``make_tx(1)`` followed by an injected ``optax.scale(lr)`` and
+    compiles once for all learning rates. ``linear=False`` builds and compiles one optimizer per
+    learning rate.
+    """
+    kw = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
+    if not linear:
+        return [
+            train(task, make_tx(lr), seed=seed, name=f"{name} lr={lr:g}", progress=progress, **kw)
+            for lr in lrs
+        ]
+    tx = optax.chain(make_tx(1.0), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    trainer = Trainer(task, tx, **kw)
+    return [
+        trainer.run(
+            seed=seed, name=f"{name} lr={lr:g}", progress=progress, hyperparams={"step_size": lr}
+        )
+        for lr in lrs
+    ]
+
+
+def best(runs: Sequence[Run]) -> int:
+    """Index of the run with the lowest final validation loss (diverged runs count as ``inf``)."""
+    return min(range(len(runs)), key=lambda i: runs[i].final_val_loss)
+
+
+def finite_or_none(x: float) -> float | None:
+    """``x``, or ``None`` (JSON ``null``) where it is not finite (a diverged run)."""
+    return x if math.isfinite(x) else None

@@ -1,0 +1,157 @@
+"""Optimizer cost on a 6-layer transformer: update time, compile time and state size.
+
+For the parameter tree of a 6-layer char-LM transformer (``benchmarks.tasks.charlm``), with params
+and gradients fixed:
+
+- ``update_ms``: median wall time of one jitted ``tx.update(grads, state, params)`` over many calls
+  after warm-up (``benchmarks.common.median_time``), and its ratio to ``optax.contrib.muon`` and to
+  ``optax.adamw``, all measured side by side in this process;
+- ``compile_s``: the time to lower and compile the full jitted train step (forward, backward,
+  update) with that optimizer (median of ``compile_repeats`` fresh compiles), and its ratio to
+  AdamW's;
+- ``state_floats_per_param``: floating-point entries of the non-scalar leaves of
+  ``jax.eval_shape(tx.init, params)`` per parameter (scalars — counts, step sizes — are not per
+  parameter): Muon-like 1; with escape velocity <= 2; Prodigy 4.
+
+Targets: normtx modular / Muon update time <= 0.8; modular train-step compile time <= 1.5x AdamW's.
+
+    python -m benchmarks.bench_step [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import format_table, median_time, parse_args, write_json
+from benchmarks.tasks import charlm
+from benchmarks.tasks import optimizers as opt
+from benchmarks.tasks import train as tr
+
+FULL = {
+    "model": charlm.Config(depth=6, width=256, heads=4, context=128),
+    "batch_size": 16,
+    "repeats": 50,
+    "compile_repeats": 3,
+}
+QUICK = {
+    "model": charlm.Config(depth=2, width=32, heads=2, context=16),
+    "batch_size": 4,
+    "repeats": 3,
+    "compile_repeats": 1,
+}
+STEPS = 1000  # schedule length (irrelevant to cost)
+
+
+def candidates() -> dict:
+    return {
+        "optax.adamw": lambda: opt.adamw(1e-3, STEPS),
+        "optax.contrib.muon": lambda: opt.muon(0.02, STEPS, adam_lr=1e-3),
+        "optax.contrib.prodigy": lambda: opt.prodigy(STEPS),
+        "normtx modular": lambda: opt.modular(0.05, STEPS),
+        "normtx modular + escape velocity": lambda: opt.modular_ev(STEPS),
+    }
+
+
+def update_time(tx, params, grads, repeats: int) -> float:
+    state = tx.init(params)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p)[0])
+    return median_time(lambda: update(grads, state, params), repeats=repeats, warmup=2)
+
+
+def compile_time(task, graphdef, make_tx, params, order, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        tx = make_tx()
+        step = jax.jit(tr.make_train_step(task, graphdef, tx))
+        start = time.perf_counter()
+        step.lower(params, tx.init(params), task.train_data, order).compile()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    s = QUICK if args.quick else FULL
+    task = charlm.task(s["model"], eval_windows=8)
+    graphdef, params = tr.init_params(task, 0)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    grads = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+    order = jnp.asarray(tr.batch_order(0, 1, s["batch_size"], task.num_positions)[0])
+    n_params = tr.tree_size(params)
+
+    rows = []
+    for name, make in candidates().items():
+        tx = make()
+        state_shape = jax.eval_shape(tx.init, params)
+        rows.append(
+            {
+                "optimizer": name,
+                "update_ms": 1e3 * update_time(tx, params, grads, s["repeats"]),
+                "compile_s": compile_time(
+                    task, graphdef, make, params, order, s["compile_repeats"]
+                ),
+                "state_floats_per_param": tr.tree_size(state_shape, min_size=2) / n_params,
+            }
+        )
+    by = {r["optimizer"]: r for r in rows}
+    for r in rows:
+        r["update_vs_muon"] = r["update_ms"] / by["optax.contrib.muon"]["update_ms"]
+        r["update_vs_adamw"] = r["update_ms"] / by["optax.adamw"]["update_ms"]
+        r["compile_vs_adamw"] = r["compile_s"] / by["optax.adamw"]["compile_s"]
+    mod = by["normtx modular"]
+    targets = {
+        "modular_update_vs_muon<=0.8": bool(mod["update_vs_muon"] <= 0.8),
+        "modular_compile_vs_adamw<=1.5": bool(mod["compile_vs_adamw"] <= 1.5),
+        "modular_ev_state_floats<=2": bool(
+            by["normtx modular + escape velocity"]["state_floats_per_param"] <= 2
+        ),
+    }
+    print(f"\n{s['model'].depth}-layer transformer {s['model']}: {n_params:,} parameters\n")
+    print(format_table(rows))
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in targets.items()))
+    payload = {
+        "settings": {k: v for k, v in s.items() if k != "model"},  # model: in task
+        "task": task.info,
+        "num_params": n_params,
+        "rows": rows,
+        "targets": targets,
+    }
+    write_json(args.out, "step", payload)
+    _plot(rows, args.out / "step.png")
+    return payload
+
+
+def _plot(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["optimizer"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, label in zip(
+        axes,
+        ("update_ms", "compile_s", "state_floats_per_param"),
+        ("update time (ms)", "train-step compile (s)", "state floats / param"),
+    ):
+        ax.barh(np.arange(len(rows)), [r[key] for r in rows])
+        ax.set_yticks(np.arange(len(rows)), names if ax is axes[0] else [""] * len(rows))
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Every benchmark runs in ``--quick`` mode, writes its JSON (schema checked) and PNG, and every
+number it records is finite. The targets themselves are what the full runs report, not tested."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import pytest
+
+import normtx
+
+from benchmarks import bench_lr_transfer, bench_step, bench_train
+from benchmarks.tasks import charlm, train
+from benchmarks.tasks import optimizers as opt
+
+
+def _numbers(x):
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return
+    if isinstance(x, int | float):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _numbers(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _numbers(v)
+
+
+def _load(tmp_path, name: str) -> dict:
+    payload = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    env = payload["environment"]
+    for key in ("jax", "optax", "device_kind", "cpu_count", "backend"):
+        assert key in env
+    assert all(math.isfinite(v) for v in _numbers(payload))
+    return payload
+
+
+@pytest.mark.slow
+def test_bench_train_quick(tmp_path):
+    bench_train.main(["--quick", "--out", str(tmp_path)])
+    payload = _load(tmp_path, "train")
+    rows = {r["optimizer"]: r for r in payload["rows"]}
+    assert {"optax.adamw", "optax.contrib.muon", "optax.contrib.prodigy"} <= set(rows)
+    assert any("escape velocity" in name for name in rows)
+    assert payload["task"]["corpus_sha256"] == payload["task"]["corpus_sha256"].lower()
+    assert len(payload["task"]["corpus_sha256"]) == 64
+    assert set(payload["target"]) >= {"met", "adamw_best", "normtx_untuned"}
+    for curve in payload["curves"]:
+        assert len(curve["steps"]) == len(curve["val"]["loss"]) == len(curve["wall_s"])
+
+
+@pytest.mark.slow
+def test_bench_lr_transfer_quick(tmp_path):
+    bench_lr_transfer.main(["--quick", "--out", str(tmp_path)])
+    payload = _load(tmp_path, "lr_transfer")
+    widths = payload["settings"]["widths"]
+    assert {(r["optimizer"], r["width"]) for r in payload["rows"]} == {
+        (name, w) for name in payload["drift"] for w in widths
+    }
+    assert all(d >= 1.0 for d in payload["drift"].values())
+
+
+@pytest.mark.slow
+def test_bench_step_quick(tmp_path):
+    bench_step.main(["--quick", "--out", str(tmp_path)])
+    payload = _load(tmp_path, "step")
+    rows = {r["optimizer"]: r for r in payload["rows"]}
+    assert rows["optax.adamw"]["update_vs_adamw"] == pytest.approx(1.0)
+    # AdamW keeps two moments per parameter: an exact count from jax.eval_shape.
+    assert rows["optax.adamw"]["state_floats_per_param"] == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("losses", "expected"),
+    [
+        ([3.0, 2.0, 3.0], 2.0),  # symmetric parabola: the middle point
+        ([2.0, 3.0, 4.0], 1.0),  # minimum at the edge: the grid point itself
+        ([4.0, 2.0, math.inf], 2.0),  # a diverged neighbour: no refinement
+    ],
+)
+def test_refined_best_lr(losses, expected):
+    assert bench_lr_transfer.refined_best([1.0, 2.0, 4.0], losses) == pytest.approx(expected)
+
+
+def test_refined_best_lr_parabola_vertex():
+    # y = (log2 lr - 1.5)^2 sampled at lr = 1, 2, 4: the vertex is at lr = 2^1.5.
+    lrs = [1.0, 2.0, 4.0]
+    losses = [(math.log2(x) - 1.5) ** 2 for x in lrs]
+    assert bench_lr_transfer.refined_best(lrs, losses) == pytest.approx(2**1.5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_muon_rule_is_roles_hidden(tied):
+    # The Muon anchor orthogonalises exactly the leaves normtx.roles.infer calls "hidden".
+    cfg = charlm.Config(depth=2, width=32, heads=2, context=8, tied=tied)
+    _, params = train.init_params(charlm.task(cfg, eval_windows=2), 0)
+    dims = opt.muon_dimension_numbers(params)
+    hidden = jax.tree.map(lambda r: r.name == "hidden", normtx.roles.infer(params))
+    got = jax.tree.map(
+        lambda d: d is not None, dims, is_leaf=lambda x: x is None or hasattr(x, "reduction_axis")
+    )
+    assert got == hidden
+    assert sum(jax.tree.leaves(hidden)) == 2 * 6  # q, k, v, o, fc_in, fc_out per block

@@ -487,3 +487,85 @@ def test_nnx_optimizer_trains_a_tiny_char_transformer():
         yb = jnp.asarray(np.stack([data[s + 1 : s + context + 1] for s in starts]))
         losses.append(float(train_step(model, optimizer, xb, yb)))
     assert np.mean(losses[-5:]) < 0.65 * losses[0], losses
+
+
+class _LinenBlock(nn.Module):
+    d: int
+
+    @nn.compact
+    def __call__(self, h, _):
+        mask = nn.make_causal_mask(jnp.ones(h.shape[:2]))
+        h = h + nn.MultiHeadDotProductAttention(num_heads=4)(nn.LayerNorm()(h), mask=mask)
+        h = h + nn.Dense(self.d)(nn.gelu(nn.Dense(4 * self.d)(nn.LayerNorm()(h))))
+        return h, None
+
+
+class LinenScannedLM(nn.Module):
+    vocab: int
+    context: int
+    d: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        h = nn.Embed(self.vocab, self.d)(tokens)
+        h = h + nn.Embed(self.context, self.d)(jnp.arange(tokens.shape[1]))
+        stack = nn.scan(
+            _LinenBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=2
+        )
+        h, _ = stack(self.d, name="blocks")(h, None)
+        return nn.Dense(self.vocab)(nn.LayerNorm()(h))
+
+
+@pytest.mark.slow
+def test_linen_train_state_trains_a_scanned_char_transformer():
+    data, vocab = _char_data()
+    context, batch, steps = 32, 32, 25
+    model = LinenScannedLM(vocab, context, 32)
+    params = model.init(jax.random.key(0), jnp.ones((1, context), jnp.int32))["params"]
+    got = normtx.roles.infer(params)
+    assert got["blocks"]["Dense_0"]["kernel"] == normtx.roles.Role("hidden", (1,), (2,), (0,))
+    assert got["Dense_0"]["kernel"].name == "head"
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=params, tx=modular_descent(0.02)
+    )
+
+    @jax.jit
+    def train_step(state, xb, yb):
+        def loss_fn(p):
+            logits = state.apply_fn({"params": p}, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
+
+    rng = np.random.default_rng(1)
+    losses = []
+    for _ in range(steps):
+        starts = rng.integers(0, len(data) - context - 1, size=batch)
+        xb = jnp.asarray(np.stack([data[s : s + context] for s in starts]))
+        yb = jnp.asarray(np.stack([data[s + 1 : s + context + 1] for s in starts]))
+        state, loss = train_step(state, xb, yb)
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
+
+
+def test_nnx_optimizer_with_muon_on_digits():
+    """Muon's role labels work on both the nnx State (init) and the pure arrays (update)."""
+    x, y = _digits()
+    model = nnx.Sequential(
+        nnx.Linear(64, 64, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(64, 10, rngs=nnx.Rngs(1))
+    )
+    tx = normtx.optimizers.muon(0.1, adam_learning_rate=1e-2, weight_decay=1e-4)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(train_step(model, optimizer)) for _ in range(25)]
+    assert losses[-1] < 0.3 * losses[0], losses

@@ -299,17 +299,16 @@ def _group_modules(leaves: list[_Leaf]) -> dict[tuple[str, ...], dict[str, _Leaf
     return modules
 
 
-def _is_attention(module: tuple[str, ...], modules) -> bool:
+def _is_attention(module: tuple[str, ...], children: Mapping[tuple[str, ...], set[str]]) -> bool:
+    """A ``query``/``key``/``value``/``out`` module beside at least one other of those names."""
     if not module or module[-1] not in _ATTENTION_PARTS:
         return False
-    parent = module[:-1]
-    siblings = {m[-1] for m in modules if len(m) == len(module) and m[:-1] == parent}
-    return len(siblings & _ATTENTION_PARTS) >= 2
+    return len(children.get(module[:-1], set()) & _ATTENTION_PARTS) >= 2
 
 
-def _direct_layers(module, members, modules) -> int | None:
+def _direct_layers(module, members, children) -> int | None:
     """Layer axes a module's own leaves prove, or ``None`` if they do not fix them."""
-    if "kernel" in members and _is_attention(module, modules):
+    if "kernel" in members and _is_attention(module, children):
         return len(members["kernel"].shape) - 3
     if "embedding" in members:
         return len(members["embedding"].shape) - 2
@@ -327,28 +326,34 @@ def _direct_layers(module, members, modules) -> int | None:
     return None
 
 
-def _enclosing_layers(module, evidence) -> int | None:
+def _enclosing_layers(module, found_under: Mapping[tuple[str, ...], set[int]]) -> int | None:
     """Layer axes agreed on by the nearest enclosing subtree that has any evidence."""
     for k in range(len(module), -1, -1):
-        prefix = module[:k]
-        found = {d for m, d in evidence.items() if m[:k] == prefix}
+        found = found_under.get(module[:k])
         if found:
-            return found.pop() if len(found) == 1 else None
+            return next(iter(found)) if len(found) == 1 else None
     return None
 
 
 def _classify(leaves: list[_Leaf], heads_as_batch: bool) -> None:
     modules = _group_modules(leaves)
+    children: dict[tuple[str, ...], set[str]] = {}
+    for module in modules:
+        if module:
+            children.setdefault(module[:-1], set()).add(module[-1])
     evidence = {}
+    found_under: dict[tuple[str, ...], set[int]] = {}  # prefix -> layer counts proven below it
     for module, members in modules.items():
-        d = _direct_layers(module, members, modules)
+        d = _direct_layers(module, members, children)
         if d is not None and d >= 0:
             evidence[module] = d
+            for k in range(len(module) + 1):
+                found_under.setdefault(module[:k], set()).add(d)
     for module, members in modules.items():
-        attention = _is_attention(module, modules)
+        attention = _is_attention(module, children)
         d = evidence.get(module)
         if d is None:
-            d = _enclosing_layers(module, evidence)
+            d = _enclosing_layers(module, found_under)
         for name, lf in members.items():
             rank = len(lf.shape)
             if name == "kernel" and attention:

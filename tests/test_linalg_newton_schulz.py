@@ -34,6 +34,7 @@ from normtx.linalg import (
 )
 
 PE_LOWER, PE_CUSHION, PE_SAFETY = 1e-3, 0.02407327424182761, 1.01
+EPS32 = float(np.finfo(np.float32).eps)
 
 # Amsel, Persson, Musco & Gower (2025), Algorithm 1, before the safety factor (which is applied
 # to every row but the last).
@@ -234,6 +235,58 @@ def test_the_muon_quintic_does_not_converge():
     assert s.min() < 0.9
 
 
+# ---- the Gram-space iteration for rectangular matrices (Amsel et al., Algorithm 4) -------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "coefficients", "steps", "normalization"),
+    [
+        ((20, 70), "polar_express", 5, "frobenius"),
+        ((70, 20), "polar_express", 8, "schatten4"),
+        ((16, 48), "cubic", 7, "frobenius"),
+        ((16, 48), "muon", 4, "frobenius"),
+    ],
+)
+def test_gram_iteration_computes_the_same_polynomial(shape, coefficients, steps, normalization):
+    g = spread(np.random.default_rng(15), *shape, low=1e-2)
+    schedule = newton_schulz_schedule(coefficients, steps)
+    schatten = 4 if normalization == "schatten4" else 2
+    oracle = iteration_oracle(g, schedule, schatten=schatten)
+    for gram in (True, False):
+        x = newton_schulz(
+            _f32(g), steps=steps, coefficients=coefficients, normalization=normalization, gram=gram
+        )
+        np.testing.assert_allclose(np.asarray(x, np.float64), oracle, atol=2e-5)
+
+
+@pytest.mark.parametrize("gram", [True, False])
+def test_rank_deficient_input(gram):
+    """Float32 rounding leaves singular values of about eps₃₂ where G has none; the iteration
+    multiplies them by its slope at 0, ``Π a_t`` (≈ 6.4e3 after 8 Polar Express steps). Against the
+    exact ``U_r V_rᵀ`` the error is then at most ``√(#null) · Π a_t · eps₃₂ / √r``."""
+    sigma = np.concatenate([np.geomspace(1.0, 1e-2, 10), np.zeros(6)])
+    g = with_singular_values(np.random.default_rng(16), 16, 64, sigma)
+    x = newton_schulz(_f32(g), steps=8, gram=gram)
+    slope = np.prod(newton_schulz_schedule("polar_express", 8)[:, 0])
+    assert rel_error(x, polar64(g)) < np.sqrt(6) * slope * EPS32 / np.sqrt(10)
+
+
+def test_gram_iteration_of_zero_is_zero():
+    z = newton_schulz(jnp.zeros((2, 4, 16), jnp.float32), gram=True)
+    chex.assert_trees_all_equal(z, jnp.zeros((2, 4, 16), jnp.float32))
+
+
+def test_gram_is_chosen_for_wide_matrices_only():
+    rng = np.random.default_rng(17)
+    wide, square = _f32(rng.standard_normal((8, 40))), _f32(rng.standard_normal((12, 12)))
+    chex.assert_trees_all_equal(newton_schulz(wide), newton_schulz(wide, gram=True))
+    chex.assert_trees_all_equal(newton_schulz(square), newton_schulz(square, gram=False))
+    bf16 = functools.partial(newton_schulz, compute_dtype=jnp.bfloat16)
+    chex.assert_trees_all_equal(bf16(wide), bf16(wide, gram=False))
+    with pytest.raises(ValueError, match="gram=True"):
+        bf16(wide, gram=True)
+
+
 # ---- numerics --------------------------------------------------------------------------------
 
 
@@ -276,6 +329,15 @@ def test_float64_input_reaches_float64_accuracy():
     g = np.random.default_rng(8).standard_normal((16, 24))
     x = newton_schulz(jnp.asarray(g, jnp.float64), steps=12)
     assert rel_error(x, polar64(g)) < 1e-10
+
+
+@pytest.mark.parametrize("shape", [(40, 16), (2, 40, 16)])
+def test_bfloat16_compute_on_tall_matrices(shape):
+    """Regression: the transposed (tall) layout must not reach XLA:CPU's generic dot kernel, which
+    has no bfloat16 x bfloat16 -> float32 form."""
+    g = np.random.default_rng(18).standard_normal(shape)
+    x = newton_schulz(_f32(g), steps=10, compute_dtype=jnp.bfloat16)
+    assert rel_error(x, polar64(g)) < 3e-2
 
 
 def test_bfloat16_compute_runs_bf16_matmuls_with_f32_accumulation():

@@ -259,6 +259,49 @@ def _iterate(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: str) -
     return x
 
 
+# Gram-space iteration (Amsel et al. 2025, Appendix F, Algorithm 4): restart every 3 steps.
+_RESTART = 3
+
+
+def _costs(steps: int, alpha: float, quintic: bool) -> tuple[float, float]:
+    """Matmul work (units of ``m³``, ``alpha = n/m >= 1``) of the direct and the Gram iteration."""
+    q = 1 if quintic else 0
+    blocks = -(-steps // _RESTART)
+    direct = steps * (2 * alpha + q)
+    gram = blocks * 2 * alpha + steps * q + (steps - blocks) * 3
+    return direct, gram
+
+
+def _iterate_gram(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: str) -> jax.Array:
+    """The same polynomial iteration on the ``m × m`` Gram matrix of a wide ``x`` (``m < n``).
+
+    Every iterate is ``X_t = Q_t X₀`` with ``Q_t`` a polynomial in ``Y = X₀X₀ᵀ``; hence
+    ``X_tX_tᵀ = Q_t Y Q_t`` and ``Q_{t+1} = h_t(Q_t Y Q_t) Q_t`` with ``h(R) = aI + bR + cR²``: no
+    ``n``-sized product inside a block. Each block of 3 steps starts from the true ``X`` (one
+    ``X Xᵀ`` and one ``Q X``), which keeps ``Q`` well conditioned (their §F).
+    """
+    work = x.dtype
+    quintic = not bool(np.all(schedule[:, 2] == 0))
+    eye = jnp.eye(x.shape[-2], dtype=work)
+
+    def mm(u, v, transpose_v=False):
+        return _dot(u.astype(mm_dtype), v.astype(mm_dtype), transpose_y=transpose_v).astype(work)
+
+    for start in range(0, schedule.shape[0], _RESTART):
+        y = mm(x, x, transpose_v=True)
+        if start == 0 and normalization == "schatten4":
+            s4 = jnp.sqrt(jnp.sqrt(jnp.sum(jnp.square(y), axis=(-2, -1), keepdims=True)))
+            inv = safe_div(jnp.ones_like(s4), s4)
+            x, y = x * inv, y * jnp.square(inv)
+        q = None
+        for a, b, c in schedule[start : start + _RESTART]:
+            r = y if q is None else mm(q, mm(y, q))
+            h = a * eye + b * r + (c * mm(r, r) if quintic else 0.0)
+            q = h if q is None else mm(h, q)
+        x = mm(q, x)
+    return x
+
+
 def newton_schulz(
     g: ArrayLike,
     *,
@@ -267,6 +310,7 @@ def newton_schulz(
     eps: float = 1e-7,
     compute_dtype: DTypeLike | None = None,
     normalization: Normalization = "frobenius",
+    gram: bool | None = None,
 ) -> jax.Array:
     r"""Approximates the polar factor ``U Vᵀ`` of each matrix in ``g`` by a Newton–Schulz iteration.
 
@@ -288,6 +332,11 @@ def newton_schulz(
         for rank r). It reuses the first step's Gram matrix — no extra matmul — and starts small
         singular values larger, so fewer steps reach a given accuracy (optax's ``'schatten'``
         preconditioning).
+      gram: run the iteration on the ``m × m`` Gram matrix of the short side (Amsel et al. 2025,
+        Algorithm 4, restarted every 3 steps): each step then costs ``O(m³)`` instead of
+        ``O(m²n)``, plus ``O(m²n)`` per restart. ``None`` (default) chooses it when it needs fewer
+        flops, which happens for aspect ratios ``n/m`` above about 2 (never for square matrices),
+        and the matmuls run in float32 or wider.
 
     Returns:
       ``X_steps`` of shape ``(..., m, n)`` in float32 (float64 for float64 input).
@@ -318,17 +367,34 @@ def newton_schulz(
         raise ValueError(
             f"newton_schulz: normalization must be one of {NORMALIZATIONS}, got {normalization!r}."
         )
-    return _newton_schulz(g, schedule.tobytes(), steps, float(eps), mm_dtype, normalization)
+    low_precision = jnp.finfo(mm_dtype).bits < 32
+    if gram and low_precision:
+        raise ValueError(
+            "newton_schulz: the Gram-space iteration (gram=True) needs compute_dtype float32 or "
+            "wider: in low precision its Q factors lose definiteness and blow up (Amsel et al., "
+            "App. F); use gram=False or None with a bfloat16 compute_dtype."
+        )
+    if gram is None:
+        m, n = sorted(g.shape[-2:])
+        direct, gram_cost = _costs(steps, n / m, not bool(np.all(schedule[:, 2] == 0)))
+        gram = gram_cost < direct and not low_precision
+    return _newton_schulz(
+        g, schedule.tobytes(), steps, float(eps), mm_dtype, normalization, bool(gram)
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
 def _newton_schulz(
-    g, schedule_bytes: bytes, steps: int, eps: float, mm_dtype, normalization: str
+    g, schedule_bytes: bytes, steps: int, eps: float, mm_dtype, normalization: str, gram: bool
 ) -> jax.Array:
     schedule = np.frombuffer(schedule_bytes, np.float64).reshape(steps, 3)
     x = g.astype(_compute_dtype(g.dtype))
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = jnp.swapaxes(x, -1, -2)
-    x = _iterate(_normalised(x, eps), schedule, mm_dtype, normalization)
+    # Materialise the short-side-first layout: XLA:CPU would otherwise fold the transpose into a
+    # dot whose bfloat16 x bfloat16 -> float32 form its fallback kernel does not implement.
+    x = lax.optimization_barrier(x)
+    iterate = _iterate_gram if gram else _iterate
+    x = iterate(_normalised(x, eps), schedule, mm_dtype, normalization)
     return jnp.swapaxes(x, -1, -2) if tall else x

@@ -58,8 +58,16 @@ class ProdigyMomentsState(NamedTuple):
     nu: optax.Updates  # v_t = β₂ v_{t-1} + (1-β₂) η_t² g_t² (eq. 23), state dtype
 
 
+class _Step(NamedTuple):
+    """What a direction may read of the step size: η_t (applied now), η_{t+1} and the count."""
+
+    eta: jax.Array
+    next_eta: jax.Array
+    count: jax.Array
+
+
 class _Direction(NamedTuple):
-    """A direction that may read the step size: ``update(g, state, params, eta, count)``."""
+    """A direction that may read the step size: ``update(g, state, params, step: _Step)``."""
 
     init: Callable[[Any], Any]
     update: Callable[..., tuple[Any, Any]]
@@ -190,7 +198,7 @@ def escape_velocity_lr(
         return w, w
 
     return _escape_velocity(
-        _Direction(direction.init, lambda g, s, p, eta, count: direction.update(g, s, p)),
+        _Direction(direction.init, lambda g, s, p, step: direction.update(g, s, p)),
         norm=norm,
         init_lr=init_lr,
         rule=rule,
@@ -288,11 +296,6 @@ def _escape_velocity(
         gs = [_compute(g_leaves[i]) for i in normed]
         diffs = [_compute(a_leaves[i]) - _compute(p_leaves[i]) for i in normed]
 
-        dirs, dir_state = direction.update(updates, state.direction, params, eta, count)
-        new_updates = jax.tree.map(
-            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * d).astype(g.dtype), dirs, updates
-        )
-
         grad_sum = state.grad_sum
         if rule == "cosine":
             num, den = _cosine_terms(gs, diffs)
@@ -315,6 +318,12 @@ def _escape_velocity(
             cand = coef * num / jnp.where(den > 0, den, 1)
 
         new_eta = _next_eta(eta, cand, den, init_lr, monotone, max_growth)
+        # The rule reads only g and the weights, so the direction may also see η_{t+1}.
+        step = _Step(eta=eta, next_eta=new_eta, count=count)
+        dirs, dir_state = direction.update(updates, state.direction, params, step)
+        new_updates = jax.tree.map(
+            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * d).astype(g.dtype), dirs, updates
+        )
         new_anchor = state.anchor
         if anchor == "previous":
             new_anchor = jax.tree.map(lambda p: jnp.asarray(p, leaf_dtype(p, state_dtype)), params)
@@ -438,7 +447,7 @@ def prodigy_step(
 ) -> optax.GradientTransformation:
     """Prodigy's step before the learning rate (eqs. 22–27); ``optimizers.prodigy`` documents it.
 
-    The direction is ``bc_t (m_t / (√v_t + η_t ε) + λ w_t)`` with η inside the moments (eqs.
+    The direction is ``bc_t (m_t / (√v_t + η_{t+1} ε) + λ w_t)`` with η inside the moments (eqs.
     22–23) and ``bc_t = √(1-β₂^k)/(1-β₁^k)`` (or 1); the step size is the prodigy rule with EMAs
     whose weights follow Prodigy's code: ``dlr_t = η_t lr_t bc_t`` and, divided by ``η_0``,
     ``w_r = η_t dlr_t``, ``w_s = η_t dlr_t`` (``η_t²`` with ``safeguard_warmup``).
@@ -449,6 +458,8 @@ def prodigy_step(
         beta3 = b2**0.5
     elif not isinstance(beta3, numbers.Real) or not 0 <= beta3 < 1:
         raise ValueError(f"{what}: beta3 must be None or a number in [0, 1), got {beta3!r}.")
+    check_positive("estim_lr0", estim_lr0, what)
+    check_positive("estim_lr_coef", estim_lr_coef, what)
     check_positive("learning_rate", learning_rate, what, allow_zero=True)
     check_positive("eps", eps, what, allow_zero=True)
     check_positive("weight_decay", weight_decay, what, allow_zero=True)
@@ -476,14 +487,16 @@ def prodigy_step(
         zeros = lambda p: jnp.zeros(jnp.shape(p), leaf_dtype(p, state_dtype))  # noqa: E731
         return ProdigyMomentsState(mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
 
-    def update(updates, state, params, eta, count):
-        bc = correction(count, eta.dtype)
+    def update(updates, state, params, step):
+        eta = step.eta
+        bc = correction(step.count, eta.dtype)
 
         def leaf(g, m, v, p):
             dg = eta * _compute(g)  # η_t g_t: η sits inside both moments (eqs. 22-23)
             m = b1 * m + (1 - b1) * dg
             v = b2 * v + (1 - b2) * dg * dg
-            d = safe_div(m, jnp.sqrt(v) + eta * eps) + weight_decay * _compute(p)
+            # ε is scaled by the *updated* estimate η_{t+1}, as in Prodigy's code (PyTorch, optax).
+            d = safe_div(m, jnp.sqrt(v) + step.next_eta * eps) + weight_decay * _compute(p)
             return bc * d, m, v
 
         out = jax.tree.map(leaf, updates, state.mu, state.nu, params)

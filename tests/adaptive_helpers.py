@@ -17,10 +17,12 @@ def random_grads(seed: int, shape, steps: int, dtype=np.float32, scale: float = 
     return [(scale * rng.standard_normal(shape)).astype(dtype) for _ in range(steps)]
 
 
-def run(tx: optax.GradientTransformation, w0, grads, *, jit: bool = False):
+def run(tx: optax.GradientTransformation, w0, grads, *, jit: bool = True):
     """``[w_1, ..., w_{T+1}]`` (NumPy float64) and the updates, applying ``tx`` to ``grads``.
 
-    ``w0`` and every gradient are pytrees (or arrays) of the same structure.
+    ``w0`` and every gradient are pytrees (or arrays) of the same structure. ``jit=False`` runs
+    the update eagerly (the jit == eager tests); jitted is the default because one compilation
+    is much cheaper than dispatching every op of a matrix transform eagerly.
     """
     update = jax.jit(tx.update) if jit else tx.update
     w, state = w0, tx.init(w0)

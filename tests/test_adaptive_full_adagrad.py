@@ -19,7 +19,7 @@ def _zeros(shape):
     return jnp.zeros(shape, jnp.float32)
 
 
-def _ups(tx, grads, jit=False):
+def _ups(tx, grads, jit=True):
     return np.stack(run(tx, _zeros(grads[0].shape), [jnp.asarray(g) for g in grads], jit=jit)[1])
 
 
@@ -53,7 +53,7 @@ def test_default_settings_match_numpy_with_the_same_ridge():
 def test_jit_equals_eager():
     grads = random_grads(2, (5,), 4)
     tx = scale_by_full_adagrad(eps=0.01)
-    assert_close_per_step(_ups(tx, grads), _ups(tx, grads, jit=True), F32)
+    assert_close_per_step(_ups(tx, grads, jit=False), _ups(tx, grads), F32)
 
 
 def test_diagonal_statistics_reduce_to_optax_adagrad():

@@ -5,6 +5,7 @@ oracle in ``adaptive_oracles`` is the notes' equations in NumPy float64, and opt
 so that the comparison is tight) must produce the same iterates for 5 steps on random data.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -57,7 +58,7 @@ def test_eq38_rmsprop_with_momentum_is_adam_with_bias_corrections_folded_into_th
     # *scaled* step, a different method.)
     w0, grads = _setup(3)
     lr, b1, b2 = 0.01, 0.9, 0.99
-    step = lambda c: lr * (1 - b1 ** (c + 1)) / np.sqrt(1 - b2 ** (c + 1))  # noqa: E731
+    step = lambda c: lr * (1 - b1 ** (c + 1)) / jnp.sqrt(1 - b2 ** (c + 1))  # noqa: E731
     tx = optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=0.0), optax.scale_by_learning_rate(step))
     _check(tx, rmsprop(w0, grads, lr, b1=b1, b2=b2), w0, grads)
 

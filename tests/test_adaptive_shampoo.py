@@ -21,7 +21,7 @@ def _zeros(shape):
     return jnp.zeros(shape, jnp.float32)
 
 
-def _ups(tx, grads, jit=False, w0=None):
+def _ups(tx, grads, jit=True, w0=None):
     w0 = _zeros(np.shape(grads[0])) if w0 is None else w0
     return np.stack(run(tx, w0, [jnp.asarray(g) for g in grads], jit=jit)[1])
 
@@ -72,7 +72,7 @@ def test_jit_equals_eager(inverse_root, tol):
     tx = scale_by_shampoo(
         accumulator="ema", beta2=0.9, graft="adam", precondition_every=2, inverse_root=inverse_root
     )
-    assert_close_per_step(_ups(tx, grads), _ups(tx, grads, jit=True), tol)
+    assert_close_per_step(_ups(tx, grads, jit=False), _ups(tx, grads), tol)
 
 
 @pytest.mark.parametrize("shape", [(5, 5), (6, 4), (4, 6)])

@@ -252,8 +252,8 @@ def scale_by_shampoo(
                 out.append(_Layout(None, 0, 0, 0, 0, 0, 0, 0))
                 continue
             batch, m, n = matrix_shape(jnp.shape(leaf), dims)
-            out.append(_Layout(dims, batch, m, n, *balanced_blocks(m, block_size),
-                               *balanced_blocks(n, block_size)))  # fmt: skip
+            rows, cols = balanced_blocks(m, block_size), balanced_blocks(n, block_size)
+            out.append(_Layout(dims, batch, m, n, *rows, *cols))
         return out
 
     def init_fn(params):
@@ -311,7 +311,10 @@ def scale_by_shampoo(
         count = optax.safe_increment(state.count)
         tf = count.astype(jnp.float32)
         leaves, treedef = jax.tree.flatten(updates)
-        old = [jax.tree.leaves(f) for f in state[1:]]
+        old = [
+            jax.tree.leaves(f)
+            for f in (state.stats_left, state.stats_right, state.root_left, state.root_right)
+        ] + [jax.tree.leaves(state.graft)]
         new_stats, debiased, old_roots, grafted, blocks, new_v = [], [], [], [], [], []
         for i, (g, lay) in enumerate(zip(leaves, lays, strict=True)):
             l_old, r_old, pl, pr, v = (f[i] for f in old)

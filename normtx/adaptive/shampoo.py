@@ -184,9 +184,10 @@ def scale_by_shampoo(
       ``optax.scale_by_learning_rate``). State: ``ScaleByShampooState``.
 
     Raises:
-      ValueError: at construction for bad hyperparameters; at ``init`` for a vector leaf under
-        ``vectors='error'``, a leaf of rank > 2 without dimension numbers, or a non-float leaf,
-        naming its path, shape and dtype.
+      ValueError: at construction for bad hyperparameters (an exponent that is not ``-1/p``,
+        ``vectors='graft'`` without a graft, …); at ``init`` (naming the leaf's path, shape and
+        dtype) for a vector leaf under ``vectors='error'``, a leaf of rank > 2 without dimension
+        numbers, or a non-float leaf.
 
     Example::
 

@@ -150,7 +150,6 @@ def test_schedule_past_its_end_repeats_the_last_row():
 
 CASES = {
     "gauss_wide": lambda rng: rng.standard_normal((24, 40)),
-    "gauss_tall": lambda rng: rng.standard_normal((40, 24)),
     "spread_square": lambda rng: spread(rng, 32, 32),
     "spread_tall": lambda rng: spread(rng, 48, 20),
 }
@@ -188,14 +187,11 @@ def test_schatten4_normalization_divides_by_the_schatten4_norm():
     np.testing.assert_allclose(
         np.asarray(x, np.float64), iteration_oracle(g, schedule, schatten=4), atol=2e-5
     )
-    steps_to = {}
-    for norm in ("frobenius", "schatten4"):
-        steps_to[norm] = next(
-            k
-            for k in range(3, 20)
-            if rel_error(newton_schulz(_f32(g), steps=k, normalization=norm), polar64(g)) < 1e-2
-        )
-    assert steps_to == {"frobenius": 9, "schatten4": 8}
+    eight = {
+        norm: rel_error(newton_schulz(_f32(g), steps=8, normalization=norm), polar64(g))
+        for norm in ("frobenius", "schatten4")
+    }
+    assert eight["schatten4"] < 1e-2 < eight["frobenius"]
     for k in (-60, 20):
         chex.assert_trees_all_close(
             newton_schulz(_f32(g) * jnp.float32(2.0**k), normalization="schatten4"),
@@ -244,7 +240,6 @@ def test_the_muon_quintic_does_not_converge():
         ((20, 70), "polar_express", 5, "frobenius"),
         ((70, 20), "polar_express", 8, "schatten4"),
         ((16, 48), "cubic", 7, "frobenius"),
-        ((16, 48), "muon", 4, "frobenius"),
     ],
 )
 def test_gram_iteration_computes_the_same_polynomial(shape, coefficients, steps, normalization):

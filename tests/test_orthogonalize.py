@@ -72,6 +72,7 @@ def test_in_an_optax_chain_on_a_flax_cnn():
     )
     state = tx.init(params)
 
+    @jax.jit
     def loss(p):
         return jnp.mean((model.apply(p, x) - y) ** 2)
 

@@ -32,7 +32,8 @@ def test_quick_benchmark_writes_a_complete_finite_json(tmp_path, capsys):
         for key in ("time_s", "rel_err", "sigma_min", "sigma_max"):
             assert math.isfinite(row[key]), (row["method"], key)
         assert row["time_s"] > 0
-    assert len(data["targets"]) == 5
+    assert len(data["targets"]) == 6
+    assert all(math.isfinite(v) for v in data["load_average"])
     for target in data["targets"]:
         assert math.isfinite(target["value"]), target
         assert isinstance(target["met"], bool)

@@ -3,8 +3,10 @@
 For widths 64, 128, 256 and 512 of the char-LM transformer (depth, context, batch, steps and data
 order fixed; ``width // 32`` heads), sweep the learning rate of ``optax.adamw`` and of normtx modular
 descent (``benchmarks.tasks.optimizers``) on factor-2 grids and record the final validation loss.
-The best LR per width is the grid minimum refined by a parabola through it and its two neighbours
-in log-LR (kept within those neighbours; the grid point itself at an edge). The *drift* of an
+Where the best loss lies on an edge of the grid, the grid grows by a factor 2 past that edge, up to
+``extensions`` times. The best LR per width is the grid minimum refined by a parabola through it and
+its two neighbours in log-LR (kept within those neighbours; the grid point itself at an edge, and
+then the drift below is only a lower bound, flagged ``at_grid_edge``/``edge``). The *drift* of an
 optimizer is ``max_w lr*(w) / min_w lr*(w)`` over the widths; the target for normtx is a drift
 <= 2, with AdamW's reported beside it.
 
@@ -31,11 +33,12 @@ FULL = {
     "depth": 2,
     "context": 32,
     "batch_size": 16,
-    "steps": 100,
+    "steps": 60,
     "eval_windows": 64,
+    "extensions": 2,
     "lrs": {
-        "optax.adamw": (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2),
-        "normtx modular": (0.01, 0.02, 0.04, 0.08, 0.16),
+        "optax.adamw": (1e-3, 2e-3, 4e-3, 8e-3),
+        "normtx modular": (0.005, 0.01, 0.02, 0.04),
     },
 }
 QUICK = {
@@ -45,6 +48,7 @@ QUICK = {
     "batch_size": 8,
     "steps": 10,
     "eval_windows": 16,
+    "extensions": 1,
     "lrs": {"optax.adamw": (1e-3, 4e-3, 1.6e-2), "normtx modular": (0.02, 0.08, 0.32)},
 }
 
@@ -67,85 +71,113 @@ def refined_best(lrs: Sequence[float], losses: Sequence[float]) -> float:
     return float(2 ** np.clip(vertex, x[i - 1], x[i + 1]))
 
 
+def sweep_to_interior(task, make, lrs, *, name: str, extensions: int, **kw):
+    """``[(lr, final val loss), ...]`` sorted by lr: the grid ``lrs``, then up to ``extensions``
+    more points, each a factor 2 past the edge where the best loss still lies."""
+    lrs = list(lrs)
+    losses = [r.final_val_loss for r in tr.sweep(task, make, lrs, name=name, **kw)]
+    for _ in range(extensions):
+        i = int(np.argmin(losses))
+        if 0 < i < len(lrs) - 1:
+            break
+        lr = lrs[0] / 2 if i == 0 else lrs[-1] * 2
+        (run,) = tr.sweep(task, make, [lr], name=name, **kw)
+        at = 0 if i == 0 else len(lrs)
+        lrs.insert(at, lr)
+        losses.insert(at, run.final_val_loss)
+    return list(zip(lrs, losses))
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv)
     s = QUICK if args.quick else FULL
     makers = factories(s["steps"])
     kw = {"steps": s["steps"], "batch_size": s["batch_size"], "eval_every": s["steps"]}
-    losses: dict[str, dict[int, list[float]]] = {name: {} for name in makers}
+    payload: dict = {}
+    curves: dict[str, dict[int, list[tuple[float, float]]]] = {name: {} for name in makers}
     for width in s["widths"]:
         cfg = charlm.Config(
             depth=s["depth"], width=width, heads=max(width // 32, 1), context=s["context"]
         )
         task = charlm.task(cfg, eval_windows=s["eval_windows"])
         for name, make in makers.items():
-            runs = tr.sweep(task, make, s["lrs"][name], name=f"{name} w={width}", **kw)
-            losses[name][width] = [r.final_val_loss for r in runs]
+            curves[name][width] = sweep_to_interior(
+                task,
+                make,
+                s["lrs"][name],
+                name=f"{name} w={width}",
+                extensions=s["extensions"],
+                **kw,
+            )
+        # Written after every width, so a long run that is stopped leaves its evidence so far.
+        payload = _report(s, curves, complete=width == s["widths"][-1])
+        write_json(args.out, "lr_transfer", payload)
+        _plot(s, curves, args.out / "lr_transfer.png")
+    print(f"\nLR transfer: widths {s['widths']}, depth {s['depth']}, {s['steps']} steps\n")
+    print(format_table(payload["rows"]))
+    for name, d in payload["drift"].items():
+        bound = " (at least: a best LR lies on its grid's edge)" if payload["edge"][name] else ""
+        print(f"{name}: best LR moves by {d:.3g}x across widths{bound}")
+    return payload
 
-    rows, drift = [], {}
-    for name in makers:
+
+def _report(s: dict, curves: dict, *, complete: bool) -> dict:
+    """Rows (best LR per optimizer and width), the drift, and the raw losses."""
+    rows, drift, edge = [], {}, {}
+    for name, per_width in curves.items():
         best = {}
-        for width in s["widths"]:
-            ys = losses[name][width]
-            best[width] = refined_best(s["lrs"][name], ys)
+        for width, points in per_width.items():
+            lrs, ys = zip(*points)
+            i = int(np.argmin(ys))
+            best[width] = refined_best(lrs, ys)
             rows.append(
                 {
                     "optimizer": name,
                     "width": width,
                     "best_lr": best[width],
-                    "grid_best_lr": s["lrs"][name][int(np.argmin(ys))],
-                    "best_val_loss": min(ys),
+                    "grid_best_lr": lrs[i],
+                    "at_grid_edge": i in (0, len(lrs) - 1),
+                    "best_val_loss": tr.finite_or_none(ys[i]),
                 }
             )
         drift[name] = max(best.values()) / min(best.values())
-    print(f"\nLR transfer: widths {s['widths']}, depth {s['depth']}, {s['steps']} steps\n")
-    print(format_table(rows))
-    print(
-        "\n" + "\n".join(f"{n}: best LR moves by {d:.3g}x across widths" for n, d in drift.items())
-    )
-    payload = {
+        edge[name] = any(r["at_grid_edge"] for r in rows if r["optimizer"] == name)
+    return {
         "settings": s,
+        "complete": complete,
         "corpus_sha256": charlm.corpus()["sha256"],
         "rows": rows,
         "losses": {
             name: {
-                str(w): [
-                    {"lr": lr, "val_loss": tr.finite_or_none(y)}
-                    for lr, y in zip(s["lrs"][name], ys)
-                ]
-                for w, ys in per_width.items()
+                str(w): [{"lr": lr, "val_loss": tr.finite_or_none(y)} for lr, y in points]
+                for w, points in per_width.items()
             }
-            for name, per_width in losses.items()
+            for name, per_width in curves.items()
         },
         "drift": drift,
+        "edge": edge,
         "target": {"normtx_drift<=2": bool(drift["normtx modular"] <= 2.0)},
     }
-    write_json(args.out, "lr_transfer", payload)
-    _plot(s, losses, args.out / "lr_transfer.png")
-    return payload
 
 
-def _plot(s, losses, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 3.8), sharey=True)
-    for ax, (name, per_width) in zip(axes, losses.items()):
-        for width, ys in per_width.items():
-            ys = [y if math.isfinite(y) else np.nan for y in ys]
-            ax.plot(s["lrs"][name], ys, marker="o", label=f"width {width}")
+def _plot(s, curves, path) -> None:
+    fig, axes = tr.subplots(len(curves), sharey=True)
+    for ax, (name, per_width) in zip(axes, curves.items()):
+        for width, points in per_width.items():
+            lrs, ys = zip(*points)
+            ax.plot(
+                lrs,
+                [y if math.isfinite(y) else np.nan for y in ys],
+                marker="o",
+                label=f"width {width}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("peak learning rate")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"val loss after {s['steps']} steps")
     axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    tr.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ from benchmarks.tasks import train as tr
 FULL = {
     "model": charlm.Config(depth=6, width=256, heads=4, context=128),
     "batch_size": 16,
-    "repeats": 50,
-    "compile_repeats": 3,
+    "repeats": 30,
+    "compile_repeats": 1,
 }
 QUICK = {
     "model": charlm.Config(depth=2, width=32, heads=2, context=16),
@@ -131,13 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _plot(rows, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["optimizer"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = tr.subplots(3, width=4.0, height=3.6)
     for ax, key, label in zip(
         axes,
         ("update_ms", "compile_s", "state_floats_per_param"),
@@ -147,10 +142,7 @@ def _plot(rows, path) -> None:
         ax.set_yticks(np.arange(len(rows)), names if ax is axes[0] else [""] * len(rows))
         ax.set_xlabel(label)
         ax.invert_yaxis()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    tr.save_figure(fig, path)
 
 
 if __name__ == "__main__":

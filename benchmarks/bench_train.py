@@ -28,7 +28,7 @@ from benchmarks.tasks import optimizers as opt
 from benchmarks.tasks import train as tr
 
 FULL = {
-    "model": charlm.Config(depth=2, width=128, heads=4, context=64),
+    "model": charlm.Config(depth=2, width=64, heads=2, context=64),
     "steps": 300,
     "batch_size": 16,
     "eval_every": 50,

@@ -1,11 +1,12 @@
 """``make demo``: train a character-level language model with AdamW and with normtx, side by side.
 
-The model is a small transformer (``benchmarks.tasks.charlm``: 2 layers, width 128, context 64)
-trained on the Python standard library's own source code — a fixed list of files on every
+The model is a small transformer (``benchmarks.tasks.charlm``, with the configuration, step budget
+and batch of ``benchmarks/bench_train.py``: 2 layers, width 64, context 64, 300 steps of 16
+windows) trained on the Python standard library's own source code — a fixed list of files on every
 CPython 3.10+ install, nothing downloaded. Both optimizers start from the same weights, see the
 same batches, and run the same number of steps with the same learning-rate shape (cosine decay):
 
-- ``optax.adamw`` at peak LR 4e-3 (the best of ``benchmarks/bench_train.py``'s 6-point sweep);
+- ``optax.adamw`` at peak LR 8e-3 (the best of ``benchmarks/bench_train.py``'s 6-point sweep);
 - ``normtx.optimizers.modular_descent(escape_velocity=True)``: steepest descent under the
   role-based modular norm (anthology Prop. 7) with the escape-velocity step size (Story III) —
   its learning rate is a multiplier fixed at 1: *nothing tuned*.
@@ -26,25 +27,21 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from benchmarks import bench_train
 from benchmarks.common import environment, format_table, parse_args
 from benchmarks.tasks import charlm, train
 from benchmarks.tasks import optimizers as opt
 
-FULL = {
-    "model": charlm.Config(depth=2, width=128, heads=4, context=64),
-    "steps": 400,
-    "batch_size": 16,
-    "eval_every": 50,
-    "sample_chars": 160,
-}
+SHARED = ("model", "steps", "batch_size", "eval_every", "eval_windows")
+# The model, budget and batch of ``benchmarks/bench_train.py``, whose rows this demo repeats.
+FULL = {**{k: bench_train.FULL[k] for k in SHARED}, "sample_chars": 160}
 QUICK = {
-    "model": charlm.Config(depth=1, width=32, heads=2, context=16),
+    **{k: bench_train.QUICK[k] for k in SHARED},
     "steps": 10,
-    "batch_size": 8,
     "eval_every": 5,
     "sample_chars": 20,
 }
-ADAMW_LR = 4e-3
+ADAMW_LR = 8e-3
 PROMPTS = ("def ", "class ", "    if ")
 
 
@@ -58,7 +55,7 @@ def optimizers(steps: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(__doc__.splitlines()[0], argv, out=pathlib.Path("demo_output"))
     s = QUICK if args.quick else FULL
-    task = charlm.task(s["model"], eval_windows=16 if args.quick else 128)
+    task = charlm.task(s["model"], eval_windows=s["eval_windows"])
     steps = s["steps"]
     print(f"char-LM on {task.info['train_chars']:,} characters of the Python standard library")
     print(f"(corpus sha256 {task.info['corpus_sha256'][:16]}…), {s['model']}\n")

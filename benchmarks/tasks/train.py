@@ -42,6 +42,8 @@ __all__ = [
     "init_params",
     "make_train_step",
     "plot_runs",
+    "save_figure",
+    "subplots",
     "sweep",
     "train",
     "tree_size",
@@ -265,18 +267,37 @@ def train(
     return trainer.run(seed=seed, name=name, progress=progress)
 
 
-def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: str = "loss") -> None:
-    """Two panels, validation ``metric`` against steps and against training wall time; a PNG."""
+def subplots(ncols: int, *, width: float = 5.0, height: float = 3.8, **kwargs):
+    """``(fig, axes)``: one row of ``ncols`` panels, drawn with matplotlib's Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    return plt.subplots(1, ncols, figsize=(width * ncols, height), **kwargs)
+
+
+def save_figure(fig, path: pathlib.Path) -> None:
+    """Writes ``fig`` as a PNG at ``path`` (folders created) and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: str = "loss") -> None:
+    """Two panels, validation ``metric`` against steps and against training wall time; a PNG."""
+    fig, axes = subplots(2, sharey=True)
     for run in runs:
         ys = run.val[metric][: len(run.steps)]
         axes[0].plot(run.steps, ys, label=run.name)
         axes[1].plot(run.wall_s, ys, label=run.name)
+    # Zoom past the first evaluation (the initial loss would flatten every curve).
+    later = [y for run in runs for y in run.val[metric][1 : len(run.steps)]]
+    if later:
+        axes[0].set_ylim(min(later) - 0.05 * (max(later) - min(later)), max(later))
     axes[0].set_xlabel("step")
     axes[1].set_xlabel("training wall time (s)")
     axes[0].set_ylabel(f"validation {metric}")
@@ -284,10 +305,7 @@ def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: st
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def tree_size(tree: Any, *, min_size: int = 1) -> int:

@@ -78,7 +78,7 @@ class ScaleByAdamNMFState(NamedTuple):
 
     count: jax.Array  # int32 scalar: steps taken
     a: Any  # per leaf: A (batch, m, r) of a matrix leaf; the second moment v (leaf shape) of a vector
-    b: Any  # per leaf: B (batch, r, n) of a matrix leaf; an empty (0,) array for a vector
+    b: Any  # per leaf: B (batch, r, n) of a matrix leaf; optax.MaskedNode() for a vector
     mu: Any  # per leaf: the first moment (leaf shape, float32+) when b1 is set; None otherwise
 
 
@@ -192,7 +192,7 @@ def scale_by_adam_nmf(
             dt = compute_dtype(leaf.dtype)
             if dims is None:
                 a_leaves.append(jnp.zeros(jnp.shape(leaf), dt))
-                b_leaves.append(jnp.zeros((0,), dt))
+                b_leaves.append(optax.MaskedNode())  # no array: orbax saves no empty ones
                 continue
             batch, m, n = matrix_shape(jnp.shape(leaf), dims)
             ka, kb = jax.random.split(jax.random.fold_in(key, i))
@@ -216,10 +216,14 @@ def scale_by_adam_nmf(
         t = count.astype(jnp.float32)
         w = 1.0 if b2 == 0 else (1 - b2) / (1 - b2**t)  # weight of the new G² in the EM target
         treedef = jax.tree.structure(updates)
-        mus = [None] * len(triples) if b1 is None else jax.tree.leaves(state.mu)
+        mus = [None] * len(triples) if b1 is None else treedef.flatten_up_to(state.mu)
         out, a_out, b_out, mu_out = [], [], [], []
         for (_, g, dims), a, b, mu in zip(
-            triples, jax.tree.leaves(state.a), jax.tree.leaves(state.b), mus, strict=True
+            triples,
+            treedef.flatten_up_to(state.a),
+            treedef.flatten_up_to(state.b),
+            mus,
+            strict=True,
         ):
             g32 = g.astype(compute_dtype(g.dtype))
             num = g32

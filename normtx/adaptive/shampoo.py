@@ -87,7 +87,8 @@ _HI = lax.Precision.HIGHEST
 class ScaleByShampooState(NamedTuple):
     """State of ``scale_by_shampoo``; every field but ``count`` has the params' tree structure.
 
-    A vector leaf (``vectors='graft'``) holds empty ``(0,)`` arrays in the four matrix fields.
+    A vector leaf (``vectors='graft'``) holds ``optax.MaskedNode()`` in the four matrix fields (no
+    arrays: orbax cannot save empty ones).
     """
 
     count: jax.Array  # int32 scalar: steps taken
@@ -95,7 +96,7 @@ class ScaleByShampooState(NamedTuple):
     stats_right: Any  # per leaf: R of each block, (blocks, b_n, b_n)
     root_left: Any  # per leaf: the current (possibly stale) left root L^{-1/p}, like stats_left
     root_right: Any  # per leaf: the current right root R^{-1/p}, like stats_right
-    graft: Any  # per leaf: the graft's second moment (leaf shape) for 'adam'/'adagrad'; else (0,)
+    graft: Any  # per leaf: the graft's second moment for 'adam'/'adagrad'; else optax.MaskedNode()
 
 
 class _Layout(NamedTuple):
@@ -264,13 +265,13 @@ def scale_by_shampoo(
         for lay, leaf in zip(lays, jax.tree.leaves(params), strict=True):
             dt = compute_dtype(leaf.dtype)
             if lay.dims is None:
-                mats = [jnp.zeros((0,), dt)] * 4
+                mats = [optax.MaskedNode()] * 4
             else:
                 k = lay.batch * lay.cm * lay.cn
                 eye_m, eye_n = _eye_batch(k, lay.bm, dt), _eye_batch(k, lay.bn, dt)
                 mats = [jnp.zeros_like(eye_m), jnp.zeros_like(eye_n), eye_m, eye_n]
             has_v = graft in ("adam", "adagrad")
-            mats.append(jnp.zeros(jnp.shape(leaf) if has_v else (0,), dt))
+            mats.append(jnp.zeros(jnp.shape(leaf), dt) if has_v else optax.MaskedNode())
             for field, x in zip(fields, mats, strict=True):
                 field.append(x)
         return ScaleByShampooState(
@@ -312,17 +313,21 @@ def scale_by_shampoo(
         count = optax.safe_increment(state.count)
         tf = count.astype(jnp.float32)
         leaves, treedef = jax.tree.flatten(updates)
-        old = [
-            jax.tree.leaves(f)
-            for f in (state.stats_left, state.stats_right, state.root_left, state.root_right)
-        ] + [jax.tree.leaves(state.graft)]
+        fields = (
+            state.stats_left,
+            state.stats_right,
+            state.root_left,
+            state.root_right,
+            state.graft,
+        )
+        old = [treedef.flatten_up_to(f) for f in fields]
         new_stats, debiased, old_roots, grafted, blocks, new_v = [], [], [], [], [], []
         for i, (g, lay) in enumerate(zip(leaves, lays, strict=True)):
             l_old, r_old, pl, pr, v = (f[i] for f in old)
             g32 = g.astype(compute_dtype(g.dtype))
             gd, v_new = graft_step(g32, v, tf)
             grafted.append(gd)
-            new_v.append(v_new.astype(v.dtype))
+            new_v.append(v_new.astype(v.dtype) if graft in ("adam", "adagrad") else v)
             if lay.dims is None:
                 new_stats.append((l_old, r_old))
                 blocks.append(None)

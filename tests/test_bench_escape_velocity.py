@@ -27,6 +27,7 @@ QUADRATIC_KEYS = {
     "loss_ratio": float,
     "initial_loss": float,
     "min_warmup_growth": float,
+    "max_step_growth": float,
     "warmup_steps_aligned": int,
 }
 DIGITS_KEYS = {

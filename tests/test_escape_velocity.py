@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import chex
@@ -224,7 +225,7 @@ def test_prop7_modular_dual_over_a_tree_matches_oracle():
         return u @ vh
 
     w = {"b": jnp.zeros(3), "k": jnp.zeros((4, 3))}
-    state = tx.init(w)
+    state, update = tx.init(w), jax.jit(tx.update)
     w_np = {"b": np.zeros(3), "k": np.zeros((4, 3))}
     eta = 0.02
     for _ in range(5):
@@ -238,7 +239,7 @@ def test_prop7_modular_dual_over_a_tree_matches_oracle():
             "k": w_np["k"] - eta * polar(g["k"]),
         }
         eta = new_eta
-        u, state = tx.update(jax.tree.map(jnp.asarray, grads(w)), state, w)
+        u, state = update(jax.tree.map(jnp.asarray, grads(w)), state, w)
         w = optax.apply_updates(w, u)
         np.testing.assert_allclose(optax.tree_utils.tree_get(state, "eta"), eta, rtol=1e-10)
     assert eta > 0.02 * 2  # the rule grew
@@ -248,11 +249,16 @@ def test_prop7_modular_dual_over_a_tree_matches_oracle():
 def test_prodigy_rule_with_previous_anchor_cannot_grow():
     # Hölder: <g_t, w_{t-1} - w_t> = η_{t-1} <g_t, dualize(g_{t-1})> <= η_{t-1} ‖g_t‖† because
     # ‖dualize(·)‖ = 1. The quotient never exceeds the previous step size, so with the direction
-    # dualized in the rule's own norm the monotone prodigy rule stays at init_lr (up to rounding).
+    # dualized in the rule's own norm the monotone prodigy rule stays at init_lr. Only rounding of
+    # w_t = w_{t-1} - η s can make it creep (relative u |w_t| / η per step, ratcheted up by the
+    # max), so the check runs in float64.
     etas, _, _ = run(
-        sign_descent(init_lr=1e-3, anchor="previous"), _jgrad(F32), jnp.zeros(3, F32), 50
+        sign_descent(init_lr=1e-3, anchor="previous"),
+        _jgrad(jnp.float64),
+        jnp.zeros(3, jnp.float64),
+        50,
     )
-    assert np.all(etas <= 1e-3 * (1 + 1e-5))
+    assert np.max(etas[1:] / etas[:-1]) <= 1 + 1e-12
 
 
 # ---- reliability: zero, tiny and huge gradients ------------------------------------------------
@@ -488,6 +494,7 @@ def _bench():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_escape_velocity.py"
     spec = importlib.util.spec_from_file_location("bench_escape_velocity", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Flax modules (dataclasses) look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -497,57 +504,45 @@ def bench():
     return _bench()
 
 
-@pytest.fixture(scope="module")
-def quadratic_rows(bench):
+@pytest.mark.slow
+def test_quadratic_warmup_and_the_best_constant_step(bench):
     # f(w) = ½‖A(w - w*)‖² from w_0 = 0 with init_lr = 1e-8, 200 steps, against 61 constant steps:
-    # the isotropic problem under sign descent and the rotated κ = 100 problem under both
-    # directions (see the benchmark for the whole table).
+    # the isotropic problem under sign descent and the rotated κ = 100 problem under normalized
+    # gradient descent, where the warm-up is aligned (cos θ > 0.9; see the benchmark for the whole
+    # table: under sign descent on the rotated problem the Euclidean cos θ stays below 0.9, since
+    # a dense g is far from sign g).
     rows = []
-    for problem, direction in [("isotropic", "sign"), ("rotated", "sign"), ("rotated", "l2")]:
+    for problem, direction in [("isotropic", "sign"), ("rotated", "l2")]:
         rows += bench.quadratic_table([problem], [direction], 200, 61)[0]
     bench.print_table(
         rows,
         ["problem", "direction", "rule", "anchor", "monotone", "final_eta", "best_constant_lr",
-         "eta_ratio", "loss_ratio", "min_warmup_growth", "warmup_steps_aligned"],
+         "eta_ratio", "loss_ratio", "min_warmup_growth", "max_step_growth"],
     )  # fmt: skip
-    return rows
 
-
-@pytest.mark.slow
-def test_quadratic_eta_grows_geometrically_while_aligned(quadratic_rows):
-    # Eq. 30: while cos θ_t > 0.9 the prodigy rule grows η like η_{t+1} = η_t + c η_{t-1} (≥ ×1.5
-    # for c ≥ 0.75) and the cosine rule by 1 + cos θ_t ≥ 1.9. Under sign descent on the rotated
-    # problem the Euclidean cos θ never exceeds 0.9 (a dense g is far from sign g), so the claim is
-    # checked where the warm-up is aligned: isotropic/sign and rotated/l2.
+    # (1) Eq. 30: while cos θ_t > 0.9 the prodigy rule grows η like η_{t+1} = η_t + c η_{t-1}
+    # (≥ ×1.5 for c ≥ 0.75) and the cosine rule by 1 + cos θ_t ≥ 1.9.
     checked = 0
-    for row in quadratic_rows:
-        if (row["problem"], row["direction"]) == ("rotated", "sign"):
-            continue
+    for row in rows:
         if row["rule"] == "prodigy" and row["anchor"] == "previous":
-            assert row["min_warmup_growth"] <= 1 + 1e-5  # Hölder: it cannot grow (see above)
-            assert row["final_eta"] <= 1e-8 * (1 + 1e-5)
+            # Hölder: it cannot grow (see above). In float32 rounding can creep it up by at most
+            # Σ_t 2^-24 |w_t| / η ≈ 2e-3 here (|w_t| <= 2e-6, η = 1e-8, 200 steps).
+            assert row["final_eta"] <= 1e-8 * 1.01, row
             continue
         assert row["warmup_steps_aligned"] >= 10, row
         assert row["min_warmup_growth"] >= 1.5, row
         checked += 1
-    assert checked == 12
+    assert checked == 12  # 6 growing variants x 2 problems
 
-
-@pytest.mark.slow
-def test_quadratic_against_the_best_constant_step(quadratic_rows):
-    # The anthology's warning, measured: the monotone prodigy rule (eq. 28) escapes past the best
+    # (2) The anthology's warning, measured: the monotone prodigy rule (eq. 28) escapes past the best
     # constant step of the sweep and overshoots it — its final η is larger and its final loss
     # worse. Letting η fall with the cosine of the most recent step (anthology after eq. 30) is the
-    # variant that, untuned, beats the best tuned constant step on the ill-conditioned problem.
-    for row in quadratic_rows:
+    # variant that, untuned, beats the best tuned constant step on both problems.
+    for row in rows:
         if (row["rule"], row["anchor"], row["monotone"]) == ("prodigy", "initial", True):
             assert row["eta_ratio"] > 1, row
             assert row["loss_ratio"] > 1, row
-        if row["problem"] == "rotated" and (row["rule"], row["anchor"], row["monotone"]) == (
-            "cosine",
-            "previous",
-            False,
-        ):
+        if (row["rule"], row["anchor"], row["monotone"]) == ("cosine", "previous", False):
             assert row["loss_ratio"] < 1, row
 
 

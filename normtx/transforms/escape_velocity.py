@@ -310,7 +310,7 @@ def _escape_velocity(
             num = beta3 * state.numerator + w_r * _vdot(gs, diffs, eta.dtype)
             s_leaves = jax.tree_util.tree_leaves(grad_sum)
             s_leaves = [
-                (beta3 * s + w_s * _compute(g)).astype(s.dtype)
+                (beta3 * _compute(s) + w_s * _compute(g)).astype(s.dtype)
                 for s, g in zip(s_leaves, g_leaves, strict=True)
             ]
             grad_sum = jax.tree_util.tree_unflatten(treedef, s_leaves)
@@ -493,8 +493,8 @@ def prodigy_step(
 
         def leaf(g, m, v, p):
             dg = eta * _compute(g)  # η_t g_t: η sits inside both moments (eqs. 22-23)
-            m = b1 * m + (1 - b1) * dg
-            v = b2 * v + (1 - b2) * dg * dg
+            m = b1 * _compute(m) + (1 - b1) * dg
+            v = b2 * _compute(v) + (1 - b2) * dg * dg
             # ε is scaled by the *updated* estimate η_{t+1}, as in Prodigy's code (PyTorch, optax).
             d = safe_div(m, jnp.sqrt(v) + step.next_eta * eps) + weight_decay * _compute(p)
             return bc * d, m, v

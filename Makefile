@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check normtx tests benchmarks examples
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --timeout=900
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --timeout=900
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -73,6 +73,20 @@ def test_dualize_leaves_none_leaves_unchanged():
     np.testing.assert_allclose(out["head"]["kernel"], u @ vh, atol=2e-6)
 
 
+def test_a_modular_norm_with_scales_is_accepted_as_is():
+    """``dualize(norms.modular(N, s))`` steps by dualize_l/s_l; scale_by_dual_norm by Prop. 7."""
+    g = _params(17)
+    scales = {"dense": 2.0, "head": 0.5}
+    mod = norms.modular(_geometry, scales=scales)
+    out = _apply(normtx.dualize(mod), g)
+    plain = _apply(normtx.dualize(_geometry), g)
+    chex.assert_trees_all_close(out["dense"], jax.tree.map(lambda x: x / 2.0, plain["dense"]))
+    chex.assert_trees_all_close(out["head"], jax.tree.map(lambda x: x / 0.5, plain["head"]))
+    step = _apply(normtx.scale_by_dual_norm(mod, sharpness=2.0), g)
+    eta = float(mod.dual_norm(g)) / 2.0
+    chex.assert_trees_all_close(step, jax.tree.map(lambda t: eta * t, out), rtol=1e-5)
+
+
 @pytest.mark.parametrize("scope", ["tree", "leaf"])
 @pytest.mark.parametrize("lam", [0.5, 3.0])
 def test_scale_by_dual_norm_matches_the_oracle(scope, lam):

@@ -27,6 +27,7 @@ __all__ = [
     "Modular",
     "NormSpec",
     "ScaleSpec",
+    "as_modular",
     "modular",
     "resolve_norms",
     "tree_dual_norm",
@@ -151,6 +152,11 @@ class Modular:
             duals.append(d / s)
             directions.append(t / s)
         return duals, directions
+
+
+def as_modular(norm: NormSpec | Modular) -> Modular:
+    """``norm`` itself if it already is a ``Modular`` (with its scales), else ``Modular(norm)``."""
+    return norm if isinstance(norm, Modular) else Modular(norm)
 
 
 def modular(norms: NormSpec, scales: ScaleSpec = None) -> Modular:

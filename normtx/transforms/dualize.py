@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from normtx.norms.tree import Modular, NormSpec
+from normtx.norms.tree import Modular, NormSpec, as_modular
 from normtx.transforms._common import check_choice, check_positive, value_at
 
 __all__ = ["ScaleByDualNormState", "dualize", "scale_by_dual_norm"]
@@ -17,7 +17,7 @@ __all__ = ["ScaleByDualNormState", "dualize", "scale_by_dual_norm"]
 Scope = Literal["tree", "leaf"]
 
 
-def dualize(norm: NormSpec) -> optax.GradientTransformation:
+def dualize(norm: NormSpec | Modular) -> optax.GradientTransformation:
     r"""Maps each leaf ``g`` to its direction of steepest ascent ``argmax_{‖t‖<=1} <g, t>``.
 
     This is the *direction* half of anthology Prop. 1 (the step size is chosen elsewhere: a learning
@@ -31,7 +31,8 @@ def dualize(norm: NormSpec) -> optax.GradientTransformation:
     Args:
       norm: a ``normtx.norms.Norm`` for every leaf, a pytree prefix of the params with a Norm (or
         ``None``: leave the leaf unchanged) at each node, or a callable
-        ``(path: str, leaf) -> Norm | None`` where ``path`` is the ``/``-joined key path.
+        ``(path: str, leaf) -> Norm | None`` where ``path`` is the ``/``-joined key path, or a
+      ``normtx.norms.Modular`` (then each leaf's direction is ``dualize_l(g_l)/s_l``).
 
     Returns:
       An ``optax.GradientTransformation`` with empty state. Like optax's ``scale_by_*`` it returns
@@ -49,7 +50,7 @@ def dualize(norm: NormSpec) -> optax.GradientTransformation:
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Prop. 1, 2, 5 (2024).
     """
-    mod = Modular(norm)
+    mod = as_modular(norm)
 
     def init_fn(params):
         mod.resolve(params, "dualize")
@@ -70,7 +71,7 @@ class ScaleByDualNormState(NamedTuple):
 
 
 def scale_by_dual_norm(
-    norm: NormSpec,
+    norm: NormSpec | Modular,
     *,
     sharpness: ArrayLike | optax.Schedule = 1.0,
     scope: Scope = "tree",
@@ -105,7 +106,7 @@ def scale_by_dual_norm(
     """
     check_positive("sharpness", sharpness, "scale_by_dual_norm")
     check_choice("scope", scope, ("tree", "leaf"), "scale_by_dual_norm")
-    mod = Modular(norm)
+    mod = as_modular(norm)
 
     def init_fn(params):
         mod.resolve(params, "scale_by_dual_norm")

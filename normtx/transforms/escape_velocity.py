@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 
 from normtx._numerics import compute_dtype, safe_div
 from normtx._pytree import describe_leaf, flatten_with_paths
-from normtx.norms.tree import Modular, NormSpec
+from normtx.norms.tree import Modular, NormSpec, as_modular
 from normtx.norms.vector import linf
 from normtx.transforms._common import check_choice, check_positive, value_at
 
@@ -258,7 +258,7 @@ def _escape_velocity(
             )
     if state_dtype is not None and not jnp.issubdtype(jnp.dtype(state_dtype), jnp.floating):
         raise ValueError(f"{what}: state_dtype must be a floating dtype, got {state_dtype!r}.")
-    mod = norm if isinstance(norm, Modular) else Modular(norm)
+    mod = as_modular(norm)
 
     def init_fn(params):
         mod.resolve(params, what)

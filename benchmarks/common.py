@@ -29,6 +29,7 @@ __all__ = [
     "environment",
     "format_table",
     "median_time",
+    "median_times",
     "parse_args",
     "write_json",
 ]
@@ -72,6 +73,23 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 2) ->
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_times(
+    fns: dict[str, Callable[[], Any]], *, repeats: int = 20, warmup: int = 2
+) -> dict[str, float]:
+    """``median_time`` of several functions, measured in interleaved rounds (one call of each per
+    round), so that a shared machine's changing load weighs on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -89,8 +89,12 @@ def test_in_an_optax_chain_on_a_flax_cnn():
         u = updates["params"][name]["kernel"]
         assert u.shape == g.shape
         assert u.dtype == g.dtype
+        d_in = int(np.prod([g.shape[a] for a in dims.fan_in_axes]))
+        d_out = int(np.prod([g.shape[a] for a in dims.fan_out_axes]))
         np.testing.assert_allclose(
-            np.asarray(u), -lr * _slices_oracle(g, dims, schedule, RMS), atol=5e-6
+            np.asarray(u),
+            -lr * _slices_oracle(g, dims, schedule, RMS),
+            atol=lr * RMS(d_in, d_out) * ROUNDING_ATOL,
         )
     losses = [float(loss(params))]
     p, s = params, tx.init(params)
@@ -131,17 +135,18 @@ def test_scales(scale, factor):
     schedule = newton_schulz_schedule("polar_express", 5)
     for k, g in tree.items():
         expected = _slices_oracle(g, DimensionNumbers((0,), (1,)), schedule, factor)
-        np.testing.assert_allclose(np.asarray(u[k]), expected, atol=5e-6)
+        size = factor(*g.shape)  # float32 rounding of the iteration, scaled with the update
+        np.testing.assert_allclose(np.asarray(u[k]), expected, atol=ROUNDING_ATOL * size)
 
 
 def test_schatten4_normalization_and_cubic_schedule_pass_through():
-    g = jax.random.normal(jax.random.key(9), (2, 12, 7), jnp.float32)
+    g = jax.random.normal(jax.random.key(9), (2, 12, 10), jnp.float32)  # direct, not Gram
     for kwargs, schatten in (({"normalization": "schatten4"}, 4), ({"coefficients": "cubic"}, 2)):
         tx = normtx.orthogonalize_newton_schulz(scale="spectral", dims=STACKED, **kwargs)
         u, _ = tx.update({"w": g}, tx.init({"w": g}))
         schedule = newton_schulz_schedule(kwargs.get("coefficients", "polar_express"), 5)
         np.testing.assert_allclose(
-            np.asarray(u["w"]), iteration_oracle(g, schedule, schatten=schatten), atol=5e-6
+            np.asarray(u["w"]), iteration_oracle(g, schedule, schatten=schatten), atol=ROUNDING_ATOL
         )
 
 

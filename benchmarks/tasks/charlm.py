@@ -272,6 +272,7 @@ def _generate(graphdef, temperature: float, state, buf: jax.Array, n, key: jax.A
         window = jax.lax.dynamic_slice(jnp.pad(buf, (0, ctx)), (start,), (ctx,))
         logits = model(window[None])[0, t - 1 - start]
         key, sub = jax.random.split(key)
-        return buf.at[t].set(jax.random.categorical(sub, logits / temperature)), key
+        nxt = jax.random.categorical(sub, logits / temperature).astype(buf.dtype)
+        return buf.at[t].set(nxt), key
 
     return jax.lax.fori_loop(n, buf.shape[0], body, (buf, key))[0]

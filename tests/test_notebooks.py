@@ -106,7 +106,8 @@ def test_notebook_runs(name, kernel_env, monkeypatch):
     client = NotebookClient(
         notebook,
         kernel_name="python3",
-        timeout=600,
+        timeout=600,  # per cell
+        startup_timeout=180,  # a loaded CI machine starts kernels slowly
         resources={"metadata": {"path": str(ROOT)}},
     )
     client.execute()  # raises CellExecutionError if a cell fails

@@ -360,3 +360,22 @@ def test_integer_leaf_is_rejected_with_its_dtype():
 def test_unknown_polar_method_is_rejected():
     with pytest.raises(ValueError, match="unknown polar method"):
         norms.spectral(polar="qr")
+
+
+@pytest.mark.parametrize("factory", [norms.spectral, norms.rms_to_rms])
+def test_fast_polar_backend_reads_the_dual_off_the_polar_factor(factory):
+    """With Newton–Schulz, dual_norm = <G, dualize(G)> (no SVD). The iteration is a polynomial in
+    G, so dualize(G) = c U f(Σ) Vᵀ and the dual is Σ σ_i f(σ_i) (times c's reciprocal scale):
+    its error against the exact tr Σ is Σ σ_i (f_i - 1), checked with a float64 SVD of G."""
+    g = _g((16, 24), 19)
+    fast, exact = factory(polar="newton_schulz"), factory()
+    t = np.asarray(fast.dualize(_f32(g)), np.float64)
+    np.testing.assert_allclose(fast.dual_norm(_f32(g)), np.vdot(g, t), rtol=1e-5)
+    u, sigma, vh = np.linalg.svd(g, full_matrices=False)
+    c = np.asarray(exact.dualize(_f32(g)), np.float64)[None] @ vh.T  # c U: the exact scale c
+    c = np.mean(np.einsum("ij,ij->j", u, c[0]))
+    f = np.einsum("ij,ik,jk->k", t, u, vh.T) / c  # f_i = u_iᵀ T v_i / c
+    relative_error = float(fast.dual_norm(_f32(g)) / exact.dual_norm(_f32(g))) - 1
+    np.testing.assert_allclose(relative_error, np.sum(sigma * (f - 1)) / sigma.sum(), atol=1e-4)
+    assert abs(relative_error) <= np.abs(f - 1).max()
+    np.testing.assert_allclose(fast.norm(_f32(g)), exact.norm(_f32(g)), rtol=1e-6)

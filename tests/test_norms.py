@@ -379,3 +379,15 @@ def test_fast_polar_backend_reads_the_dual_off_the_polar_factor(factory):
     np.testing.assert_allclose(relative_error, np.sum(sigma * (f - 1)) / sigma.sum(), atol=1e-4)
     assert abs(relative_error) <= np.abs(f - 1).max()
     np.testing.assert_allclose(fast.norm(_f32(g)), exact.norm(_f32(g)), rtol=1e-6)
+
+
+def test_names_show_a_non_default_polar_backend():
+    import functools
+
+    from normtx import linalg
+
+    assert norms.rms_to_rms().name == "rms_to_rms"
+    assert norms.rms_to_rms(polar="newton_schulz").name == "rms_to_rms[newton_schulz]"
+    ns8 = functools.partial(linalg.newton_schulz, steps=8)
+    assert norms.spectral(polar=ns8).name == "spectral[newton_schulz]"
+    assert norms.schatten(3).name == "schatten(3)"

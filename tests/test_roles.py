@@ -261,7 +261,7 @@ def test_describe_prints_and_returns_the_table(capsys):
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:]}
     assert rows["embed/embedding"][3:] == ["embedding", "(0,)->(1,)", "l1_to_rms", "4"]
     assert rows["head/kernel"][3:] == ["head", "(0,)->(1,)", "lp_to_linf(2)", "1"]
-    assert rows["attn/out/kernel"][-2:] == ["rms_to_rms", "1"]
+    assert rows["attn/out/kernel"][-2:] == ["rms_to_rms[newton_schulz]", "1"]
     assert rows["ln/scale"][-2:] == ["rms", "1"]
     assert roles.describe(params, print_fn=None) == roles.describe(params, print_fn=None)
 

@@ -167,6 +167,11 @@ class LpToLinf(_MaxOverGroups):
         return dual_exponent(self.p)
 
 
+def _callable_name(fn) -> str:
+    """``newton_schulz`` for ``functools.partial(newton_schulz, steps=8)`` and plain functions."""
+    return getattr(getattr(fn, "func", fn), "__name__", type(fn).__name__)
+
+
 @dataclasses.dataclass(frozen=True)
 class Schatten(OperatorNorm):
     """Schatten-p: the ℓp norm of the singular values; ``dualize = U diag(lmo_p(σ)) Vᵀ``.
@@ -185,11 +190,18 @@ class Schatten(OperatorNorm):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "p", validate_p(self.p, type(self).__name__.lower()))
-        check_polar_method(self.polar, f"norm {self.name}")
+        check_polar_method(self.polar, f"norm {type(self).__name__.lower()}")
+
+    _base_name: ClassVar[str] = ""
 
     @property
     def name(self) -> str:
-        return f"schatten({self.p:g})"
+        """``schatten(p)``, ``spectral`` or ``rms_to_rms``, with the polar backend if not SVD."""
+        base = self._base_name or f"schatten({self.p:g})"
+        if self.polar == "svd" or not math.isinf(self.p):
+            return base
+        method = self.polar if isinstance(self.polar, str) else _callable_name(self.polar)
+        return f"{base}[{method}]"
 
     def _norms(self, s):
         f = self._factor(s.shape[1], s.shape[2])
@@ -223,7 +235,7 @@ class Spectral(Schatten):
     """Spectral ℓ2 -> ℓ2: σ_max; dual tr Σ; dualize ``U Vᵀ`` (Shampoo sans accumulation, Prop. 5)."""
 
     p: float = dataclasses.field(default=math.inf, init=False)
-    name: ClassVar[str] = "spectral"
+    _base_name: ClassVar[str] = "spectral"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +243,7 @@ class RmsToRms(Schatten):
     """RMS -> RMS: ``√(d_in/d_out) σ_max``; dualize ``√(d_out/d_in) U Vᵀ`` (linear layers)."""
 
     p: float = dataclasses.field(default=math.inf, init=False)
-    name: ClassVar[str] = "rms_to_rms"
+    _base_name: ClassVar[str] = "rms_to_rms"
 
     def _factor(self, d_in, d_out):
         return math.sqrt(d_in / d_out)

@@ -32,6 +32,7 @@ from normtx.linalg import (
     polar,
     polar_express_coefficients,
 )
+from normtx.linalg.newton_schulz import _sym_gram
 
 PE_LOWER, PE_CUSHION, PE_SAFETY = 1e-3, 0.02407327424182761, 1.01
 EPS32 = float(np.finfo(np.float32).eps)
@@ -280,6 +281,19 @@ def test_gram_is_chosen_for_wide_matrices_only():
     chex.assert_trees_all_equal(bf16(wide), bf16(wide, gram=False))
     with pytest.raises(ValueError, match="gram=True"):
         bf16(wide, gram=True)
+
+
+@pytest.mark.parametrize("shape", [(512, 520), (1100, 512)])
+def test_large_matrices_use_blocked_symmetric_products(shape):
+    """From m = 512 on, X Xᵀ and A² are formed from row blocks (only the upper triangle of blocks
+    is multiplied); the iteration is unchanged: same polynomial on each singular value, and A is
+    exactly symmetric. (1100 x 512 is tall and wide enough for the Gram iteration too.)"""
+    g = spread(np.random.default_rng(19), *shape, low=1e-2)
+    x = newton_schulz(_f32(g), steps=5)
+    oracle = iteration_oracle(g, newton_schulz_schedule("polar_express", 5))
+    np.testing.assert_allclose(np.asarray(x, np.float64), oracle, atol=1e-5)
+    a = _sym_gram(_f32(g[:512]), jnp.float32)
+    chex.assert_trees_all_equal(a, a.T)
 
 
 # ---- numerics --------------------------------------------------------------------------------

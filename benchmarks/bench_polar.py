@@ -40,7 +40,7 @@ MUON = (3.4445, -4.7750, 2.0315)
 FULL = {
     "shapes": [(256, 256), (1024, 1024), (1024, 4096)],
     "tree": (20, 512),
-    "small_tree": (64, 64),
+    "small_tree": (64, 16),
     "repeats": 7,
     "extras": True,
     "max_steps": 14,
@@ -48,7 +48,7 @@ FULL = {
 QUICK = {
     "shapes": [(64, 64), (128, 128), (64, 256)],
     "tree": (20, 64),
-    "small_tree": (32, 16),
+    "small_tree": (32, 8),
     "extras": False,
     "repeats": 3,
     "max_steps": 14,

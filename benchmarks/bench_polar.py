@@ -310,8 +310,12 @@ def plot(rows: Sequence[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     cases = sorted({(r["case"], r["family"]) for r in rows})
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.8), squeeze=False)
-    for ax, (case, family) in zip(axes[0], cases):
+    ncols = 3
+    nrows = -(-len(cases) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 4.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(cases) :]:
+        ax.set_visible(False)
+    for ax, (case, family) in zip(axes.flat, cases):
         for r in (r for r in rows if r["case"] == case and r["family"] == family):
             ax.scatter(r["time_s"], max(r["rel_err"], 1e-8), s=25)
             ax.annotate(
@@ -325,7 +329,8 @@ def plot(rows: Sequence[dict], path) -> None:
         ax.set_yscale("log")
         ax.set_title(f"{case} ({family})", fontsize=9)
         ax.set_xlabel("time [s]")
-    axes[0][0].set_ylabel("‖X − UVᵀ‖_F / ‖UVᵀ‖_F")
+    for row in axes:
+        row[0].set_ylabel("‖X − UVᵀ‖_F / ‖UVᵀ‖_F")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,9 +30,13 @@ accumulation (``preferred_element_type``) while ``X`` itself stays in float32.
 matrix, no extra matmul): ``‖G‖_{S₄} >= σ_max`` is a tighter bound than ``‖G‖_F``, so small
 singular values start larger.
 
-Cost: a step is three matmuls (``X Xᵀ``, ``A²``, ``B X``; two for a cubic). For a wide ``m × n``
-matrix (``n`` well above ``m``) the same polynomials run on the ``m × m`` Gram matrix
-(Amsel et al., Algorithm 4, restarted every 3 steps), which ``gram=None`` picks by flop count.
+Cost: a step is three matmuls (``X Xᵀ``, ``A²``, ``B X``; two for a cubic). The two symmetric
+products are formed from 4 × 4 row blocks once ``m >= 512`` (only the upper triangle of blocks is
+multiplied: 3/8 fewer flops). For a wide ``m × n`` matrix (``n`` well above ``m``) the same
+polynomials run on the ``m × m`` Gram matrix (Amsel et al., Algorithm 4, restarted every 3 steps),
+which ``gram=None`` picks by flop count. On CPU a batch of matrices of 32 × 32 or more runs as a
+loop of 2-D iterations (XLA:CPU's 2-D matmuls are faster than its batched ones); elsewhere, and
+for tiny matrices, as batched matmuls.
 
 References:
   Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology* (2024), Appendix A, eq. 36–37.

@@ -23,7 +23,7 @@ from normtx._pytree import describe_leaf
 from normtx.linalg import PolarMethod, check_polar_method, newton_schulz
 from normtx.linalg.newton_schulz import NsSchedule, newton_schulz_schedule
 from normtx.norms import Norm, NormSpec, Schatten, l2, linf, rms_to_rms, spectral
-from normtx.transforms._common import check_choice, check_positive
+from normtx.transforms._common import check_bool, check_choice, check_positive, check_probability
 from normtx.transforms.dualize import dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import escape_velocity_lr, prodigy_step
 from normtx.transforms.modular import RoleModular, modular_step
@@ -132,18 +132,6 @@ POLAR_ROLES: tuple[str, ...] = ("hidden", "conv", "attention")
 """Roles whose leaves Muon orthogonalizes (every other role is Muon's 'other' parameters)."""
 
 
-def _check_unit_interval(name: str, value: Any, what: str) -> None:
-    """``value`` in ``[0, 1)`` (Python numbers only: traced values pass)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not 0 <= value < 1:
-        raise ValueError(f"{what}: {name} must be in [0, 1), got {value!r}.")
-    check_positive(name, value, what, allow_zero=True)
-
-
-def _check_bool(name: str, value: Any, what: str) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{what}: {name} must be True or False, got {value!r}.")
-
-
 def _momentum(beta: ArrayLike, nesterov: bool) -> optax.GradientTransformation:
     """``m_t = β m_{t-1} + (1-β) g_t``; Nesterov: ``(1-β) g_t + β m_t`` (Muon's reference form).
 
@@ -169,8 +157,8 @@ def _steepest(norm: NormSpec, step: Step, sharpness: ArrayLike, what: str):
 
 def _check_common(what: str, learning_rate, momentum, nesterov, weight_decay) -> None:
     check_positive("learning_rate", learning_rate, what)
-    _check_unit_interval("momentum", momentum, what)
-    _check_bool("nesterov", nesterov, what)
+    check_probability("momentum", momentum, what)
+    check_bool("nesterov", nesterov, what)
     check_positive("weight_decay", weight_decay, what, allow_zero=True)
 
 
@@ -382,7 +370,7 @@ def modular_descent(
     """
     what = "modular_descent"
     _check_common(what, learning_rate, momentum, nesterov, weight_decay)
-    _check_bool("escape_velocity", escape_velocity, what)
+    check_bool("escape_velocity", escape_velocity, what)
     geometry = roles_lib.Geometry.of(locals(), what)
     direction = optax.chain(
         _momentum(momentum, nesterov),
@@ -452,8 +440,8 @@ def scion(
     what = "scion"
     check_positive("learning_rate", learning_rate, what)
     check_positive("radius", radius, what)
-    _check_unit_interval("momentum", momentum, what)
-    _check_bool("constrained", constrained, what)
+    check_probability("momentum", momentum, what)
+    check_bool("constrained", constrained, what)
     if constrained and isinstance(learning_rate, numbers.Real) and learning_rate > 1:
         raise ValueError(
             f"{what}: the constrained variant mixes w <- (1-lr) w + lr·lmo, so learning_rate must "
@@ -573,7 +561,7 @@ def muon(
     check_positive("adam_eps", adam_eps, what, allow_zero=True)
     check_positive("adam_weight_decay", adam_weight_decay, what, allow_zero=True)
     for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
-        _check_unit_interval(name, value, what)
+        check_probability(name, value, what)
     label = _role_mask(geometry, lambda r: "muon" if r.name in POLAR_ROLES else "adam")
     return optax.chain(
         optax.partition(

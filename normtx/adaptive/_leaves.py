@@ -10,7 +10,6 @@ does with vectors through an explicit ``vectors=`` policy, and the default is an
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +24,6 @@ __all__ = [
     "DimsSpec",
     "balanced_blocks",
     "check_float_leaves",
-    "check_int",
-    "check_probability",
     "matrix_shape",
     "resolve_matrix_leaves",
 ]
@@ -49,32 +46,6 @@ def check_float_leaves(tree: Any, what: str) -> list[tuple[str, Any]]:
                 "optimizer statistics are defined for float parameters only."
             )
     return flat
-
-
-def check_int(name: str, value: Any, what: str, *, minimum: int, optional: bool = False) -> None:
-    """Raises ``ValueError`` unless ``value`` is an int ``>= minimum`` (or ``None`` if optional)."""
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(
-            f"{what}: {name} must be an int >= {minimum}{' or None' if optional else ''}, "
-            f"got {value!r}."
-        )
-
-
-def check_probability(name: str, value: Any, what: str, *, allow_one: bool = False) -> None:
-    """Raises ``ValueError`` unless ``0 <= value < 1`` (``<= 1`` with ``allow_one``).
-
-    Arrays pass unchecked (``optax.inject_hyperparams`` calls factories with traced values).
-    """
-    if hasattr(value, "dtype") and not isinstance(value, numbers.Real):
-        return
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{what}: {name} must be a number, got {value!r}.")
-    ok = 0 <= value <= 1 if allow_one else 0 <= value < 1
-    if not ok:
-        upper = "<= 1" if allow_one else "< 1"
-        raise ValueError(f"{what}: {name} must satisfy 0 <= {name} {upper}, got {value!r}.")
 
 
 def balanced_blocks(size: int, block_size: int | None) -> tuple[int, int]:

@@ -58,15 +58,9 @@ import jax.numpy as jnp
 import optax
 
 from normtx._numerics import compute_dtype, safe_div
-from normtx.adaptive._leaves import (
-    DimsSpec,
-    check_int,
-    check_probability,
-    matrix_shape,
-    resolve_matrix_leaves,
-)
+from normtx.adaptive._leaves import DimsSpec, matrix_shape, resolve_matrix_leaves
 from normtx.dims import as_matrices
-from normtx.transforms._common import check_choice, check_positive
+from normtx.transforms._common import check_choice, check_int, check_positive, check_probability
 
 __all__ = ["ScaleByAdamNMFState", "em_round", "scale_by_adam_nmf"]
 

@@ -31,8 +31,8 @@ import optax
 from jax.typing import ArrayLike
 
 from normtx._pytree import broadcast_to_leaves
-from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves, check_probability
-from normtx.transforms._common import check_positive, value_at
+from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves
+from normtx.transforms._common import check_positive, check_probability, value_at
 
 __all__ = ["DecoupledWeightDecayState", "adamw_fully_decoupled", "add_decoupled_weight_decay"]
 

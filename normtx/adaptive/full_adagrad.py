@@ -38,10 +38,10 @@ import optax
 
 from normtx._numerics import compute_dtype
 from normtx._pytree import describe_leaf
-from normtx.adaptive._leaves import balanced_blocks, check_float_leaves, check_int
+from normtx.adaptive._leaves import balanced_blocks, check_float_leaves
 from normtx.linalg import inverse_pth_root
 from normtx.linalg.roots import INVERSE_ROOT_METHODS, InverseRootMethod
-from normtx.transforms._common import check_choice, check_positive
+from normtx.transforms._common import check_choice, check_int, check_positive
 
 __all__ = ["ScaleByFullAdagradState", "scale_by_full_adagrad"]
 

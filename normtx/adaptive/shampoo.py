@@ -64,18 +64,11 @@ import optax
 from jax import lax
 
 from normtx._numerics import compute_dtype, safe_div
-from normtx.adaptive._leaves import (
-    DimsSpec,
-    balanced_blocks,
-    check_int,
-    check_probability,
-    matrix_shape,
-    resolve_matrix_leaves,
-)
+from normtx.adaptive._leaves import DimsSpec, balanced_blocks, matrix_shape, resolve_matrix_leaves
 from normtx.dims import as_matrices
 from normtx.linalg import inverse_pth_root
 from normtx.linalg.roots import INVERSE_ROOT_METHODS
-from normtx.transforms._common import check_choice, check_positive
+from normtx.transforms._common import check_choice, check_int, check_positive, check_probability
 
 __all__ = ["ScaleByShampooState", "scale_by_shampoo"]
 

@@ -7,8 +7,6 @@ corrupting the state, and ``optax.MultiSteps`` and ``optax.masked`` compose with
 
 from __future__ import annotations
 
-import math
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,79 +15,23 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-import normtx
-from normtx import adaptive, norms, optimizers
+from normtx import adaptive
 
-
-def _params():
-    rng = np.random.default_rng(0)
-    f = lambda *s: jnp.asarray(rng.standard_normal(s) / math.sqrt(s[0]), jnp.float32)  # noqa: E731
-    return {
-        "Dense_0": {"kernel": f(6, 8), "bias": f(8)},
-        "Dense_1": {"kernel": f(8, 3), "bias": f(3)},
-    }
-
-
-def _grads(step):
-    rng = np.random.default_rng(100 + step)
-    return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), _params())
-
-
-def _geometry(path, leaf):
-    return norms.rms() if leaf.ndim == 1 else norms.rms_to_rms()
-
-
-def _kernels(params):
-    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim == 2, params)
-
-
-TRANSFORMS = {
-    "dualize": lambda: normtx.dualize(_geometry),
-    "scale_by_dual_norm": lambda: normtx.scale_by_dual_norm(_geometry, sharpness=2.0),
-    "orthogonalize_newton_schulz(masked)": lambda: optax.masked(
-        normtx.orthogonalize_newton_schulz(), _kernels
-    ),
-    "escape_velocity_lr": lambda: normtx.escape_velocity_lr(
-        normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3
-    ),
-    "escape_velocity_lr(beta)": lambda: normtx.escape_velocity_lr(
-        normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3, beta=(0.9, 0.99)
-    ),
-    "modular_norm_partition": lambda: normtx.modular_norm_partition(),
-    "sign_descent": lambda: optimizers.sign_descent(0.01, momentum=0.9),
-    "normalized_sgd": lambda: optimizers.normalized_sgd(0.01),
-    "spectral_descent": lambda: optimizers.spectral_descent(0.01),
-    "modular_descent(escape_velocity)": lambda: optimizers.modular_descent(
-        1.0, escape_velocity=True, weight_decay=0.01
-    ),
-    "scion": lambda: optimizers.scion(0.01),
-    "muon": lambda: optimizers.muon(0.01),
-    "prodigy": lambda: optimizers.prodigy(),
-    "full_adagrad": lambda: adaptive.scale_by_full_adagrad(eps=1e-8),
-    "adamw_fully_decoupled": lambda: adaptive.adamw_fully_decoupled(
-        learning_rate=0.01, weight_decay=0.1
-    ),
-    "adam_nmf": lambda: adaptive.scale_by_adam_nmf(
-        rank=1, key=jax.random.key(0), vectors="diagonal"
-    ),
-    "shampoo": lambda: adaptive.scale_by_shampoo(
-        graft="adam", vectors="graft", precondition_every=2
-    ),
-}
+import registry
 
 
 def _run(tx, state, params, steps, start=0):
     update = jax.jit(tx.update)
     for i in range(start, start + steps):
-        updates, state = update(_grads(i), state, params)
+        updates, state = update(registry.grads(i), state, params)
         params = optax.apply_updates(params, updates)
     return params, state
 
 
-@pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.parametrize("name", list(registry.TRANSFORMS))
 def test_state_is_arrays_and_checkpoints_with_orbax(name, tmp_path):
-    tx = TRANSFORMS[name]()
-    params = _params()
+    tx = registry.TRANSFORMS[name]()
+    params = registry.params()
     abstract = jax.eval_shape(tx.init, params)
     for leaf in jax.tree.leaves(abstract):
         assert isinstance(leaf, jax.ShapeDtypeStruct), f"{name}: non-array state leaf {leaf!r}"
@@ -110,39 +52,39 @@ def test_state_is_arrays_and_checkpoints_with_orbax(name, tmp_path):
     chex.assert_tree_all_finite(continued)
 
 
-@pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.parametrize("name", list(registry.TRANSFORMS))
 def test_apply_if_finite_skips_a_nan_step_without_corrupting_state(name):
-    tx = TRANSFORMS[name]()
+    tx = registry.TRANSFORMS[name]()
     guarded = optax.apply_if_finite(tx, max_consecutive_errors=3)
-    params = _params()
+    params = registry.params()
     p_ref, s_ref = _run(tx, tx.init(params), params, 1)
 
     update = jax.jit(guarded.update)
     state = guarded.init(params)
-    u, state = update(_grads(0), state, params)
+    u, state = update(registry.grads(0), state, params)
     p = optax.apply_updates(params, u)
-    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), _grads(1))
+    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), registry.grads(1))
     u, state = update(bad, state, p)
     chex.assert_trees_all_equal(u, jax.tree.map(jnp.zeros_like, u))
     assert int(state.notfinite_count) == 1
     chex.assert_trees_all_equal(state.inner_state, s_ref)  # the bad step left no trace
 
-    u, state = update(_grads(1), state, p)
+    u, state = update(registry.grads(1), state, p)
     p_next = optax.apply_updates(p, u)
     chex.assert_trees_all_close(p_next, _run(tx, s_ref, p_ref, 1, start=1)[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["dualize", "modular_descent(escape_velocity)", "prodigy"])
 def test_multisteps_accumulates_gradients(name):
-    tx = TRANSFORMS[name]()
+    tx = registry.TRANSFORMS[name]()
     multi = optax.MultiSteps(tx, every_k_schedule=2)
-    params = _params()
+    params = registry.params()
     state = multi.init(params)
     update = jax.jit(multi.update)
-    u1, state = update(_grads(0), state, params)
+    u1, state = update(registry.grads(0), state, params)
     chex.assert_trees_all_equal(u1, jax.tree.map(jnp.zeros_like, u1))
-    u2, state = update(_grads(1), state, params)
-    mean = jax.tree.map(lambda a, b: (a + b) / 2, _grads(0), _grads(1))
+    u2, state = update(registry.grads(1), state, params)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, registry.grads(0), registry.grads(1))
     expected, _ = jax.jit(tx.update)(mean, tx.init(params), params)
     chex.assert_trees_all_close(u2, expected, rtol=1e-5, atol=1e-7)
 

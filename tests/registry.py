@@ -1,0 +1,74 @@
+"""Every public normtx transform and optimizer, built on one small Flax-like tree.
+
+Shared by the tests that must hold for *all* of them (ecosystem, reliability, sharding): a new
+factory gets one line here and is covered everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import normtx
+from normtx import adaptive, norms, optimizers
+
+
+def params():
+    rng = np.random.default_rng(0)
+    f = lambda *s: jnp.asarray(rng.standard_normal(s) / math.sqrt(s[0]), jnp.float32)  # noqa: E731
+    return {
+        "Dense_0": {"kernel": f(6, 8), "bias": f(8)},
+        "Dense_1": {"kernel": f(8, 3), "bias": f(3)},
+    }
+
+
+def grads(step):
+    rng = np.random.default_rng(100 + step)
+    return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params())
+
+
+def geometry(path, leaf):
+    return norms.rms() if leaf.ndim == 1 else norms.rms_to_rms()
+
+
+def kernels(params):
+    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim == 2, params)
+
+
+TRANSFORMS = {
+    "dualize": lambda: normtx.dualize(geometry),
+    "scale_by_dual_norm": lambda: normtx.scale_by_dual_norm(geometry, sharpness=2.0),
+    "orthogonalize_newton_schulz(masked)": lambda: optax.masked(
+        normtx.orthogonalize_newton_schulz(), kernels
+    ),
+    "escape_velocity_lr": lambda: normtx.escape_velocity_lr(
+        normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3
+    ),
+    "escape_velocity_lr(beta)": lambda: normtx.escape_velocity_lr(
+        normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3, beta=(0.9, 0.99)
+    ),
+    "modular_norm_partition": lambda: normtx.modular_norm_partition(),
+    "sign_descent": lambda: optimizers.sign_descent(0.01, momentum=0.9),
+    "normalized_sgd": lambda: optimizers.normalized_sgd(0.01),
+    "spectral_descent": lambda: optimizers.spectral_descent(0.01),
+    "modular_descent(escape_velocity)": lambda: optimizers.modular_descent(
+        1.0, escape_velocity=True, weight_decay=0.01
+    ),
+    "scion": lambda: optimizers.scion(0.01),
+    "muon": lambda: optimizers.muon(0.01),
+    "prodigy": lambda: optimizers.prodigy(),
+    "full_adagrad": lambda: adaptive.scale_by_full_adagrad(eps=1e-8),
+    "adamw_fully_decoupled": lambda: adaptive.adamw_fully_decoupled(
+        learning_rate=0.01, weight_decay=0.1
+    ),
+    "adam_nmf": lambda: adaptive.scale_by_adam_nmf(
+        rank=1, key=jax.random.key(0), vectors="diagonal"
+    ),
+    "shampoo": lambda: adaptive.scale_by_shampoo(
+        graft="adam", vectors="graft", precondition_every=2
+    ),
+}

@@ -1,0 +1,121 @@
+"""One per-matrix function over the matrices of many leaves: stacked, and optionally distributed.
+
+``map_matrices`` slices every leaf into its matrices (``normtx.dims.as_matrices``), turns tall
+matrices to put the short side first, stacks the matrices that share a function, a shape and a
+dtype, calls the function once per stack and puts each result back in its leaf's shape. With a
+``mesh`` it uses the owner-device strategy of ``normtx.sharding``: the stack is padded to a
+multiple of the mesh size, its stack axis is sharded over every device, each device applies the
+function to its own matrices (``jax.shard_map``), and every result goes back to its leaf's layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from normtx import _sharding
+from normtx.dims import DimensionNumbers, as_matrices
+
+__all__ = ["map_matrices"]
+
+Item = tuple[str, jax.Array, DimensionNumbers, Callable[[jax.Array], jax.Array]]
+"""``(path, leaf, dims, fn)``: apply ``fn`` to every matrix of ``leaf`` as ``dims`` slices it."""
+
+
+def map_matrices(
+    items: Sequence[Item], *, batch: bool = True, mesh: Mesh | None = None
+) -> list[jax.Array]:
+    """``fn`` applied to every matrix of every leaf; each result has its leaf's shape.
+
+    ``fn`` maps a stack ``(N, m, n)`` with ``m <= n`` to a stack of the same shape, one matrix at
+    a time, and commutes with transposition (``fn(Gᵀ) = fn(G)ᵀ``, as polar factors do): tall
+    matrices are transposed first so that ``(a, b)`` and ``(b, a)`` kernels share a stack. Items
+    are stacked when they have the same ``fn`` object, matrix shape and dtype (and, under explicit
+    sharding, layout); ``batch=False`` calls ``fn`` once per leaf instead. With ``mesh`` every
+    stack is computed by the owner strategy (module docstring); results are then laid out like
+    their leaves under explicit sharding, and wherever XLA puts them under ``Auto`` axes.
+    """
+    slices, groups = [], {}
+    for i, (path, x, dims, fn) in enumerate(items):
+        owner_mesh = _check_mesh(path, x, mesh) if mesh is not None else None
+        m, inverse = _as_matrices(x, dims, owner_mesh)
+        tall = m.shape[1] > m.shape[2]
+        m = jnp.swapaxes(m, 1, 2) if tall else m
+        slices.append((m, inverse, tall))
+        key = (fn, m.shape[1:], m.dtype, _sharding.explicit_spec(m)) if batch else i
+        groups.setdefault(key, []).append(i)
+    outs: list[Any] = [None] * len(items)
+    for members in groups.values():
+        fn = items[members[0]][3]
+        stack = jnp.concatenate([slices[i][0] for i in members], axis=0)
+        result = fn(stack) if mesh is None else _owner(fn, stack, mesh)
+        sizes = np.cumsum([slices[i][0].shape[0] for i in members])[:-1]
+        for i, part in zip(members, jnp.split(result, sizes), strict=True):
+            _, inverse, tall = slices[i]
+            outs[i] = inverse(jnp.swapaxes(part, 1, 2) if tall else part)
+    return outs
+
+
+def _check_mesh(path: str, x: jax.Array, mesh: Mesh):
+    """The mesh to compute on: ``x``'s own (abstract) mesh under explicit axes, else ``mesh``."""
+    own = _sharding.explicit_mesh(x)
+    if own is None:
+        return None
+    if tuple(own.axis_names) != tuple(mesh.axis_names) or tuple(own.axis_sizes) != tuple(
+        mesh.axis_sizes
+    ):
+        raise ValueError(
+            f"leaf {path!r} is sharded over the mesh {dict(zip(own.axis_names, own.axis_sizes))}, "
+            f"but the polar factors were asked to be distributed over "
+            f"{dict(zip(mesh.axis_names, mesh.axis_sizes))}; pass the mesh the params live on."
+        )
+    return own
+
+
+def _as_matrices(x: jax.Array, dims: DimensionNumbers, owner_mesh):
+    """``as_matrices``; under explicit axes (``owner_mesh``) without gathering whole matrices."""
+    if owner_mesh is None:
+        return as_matrices(x, dims)
+    fan_in, fan_out = tuple(dims.fan_in_axes), tuple(dims.fan_out_axes)
+    batch = tuple(a for a in range(x.ndim) if a not in fan_in + fan_out)
+    spec = _sharding.explicit_spec(x)
+    sizes = dict(zip(owner_mesh.axis_names, owner_mesh.axis_sizes, strict=True))
+    target, merged = _sharding.matrix_entries(x.shape, spec, batch, fan_in, fan_out, sizes)
+    perm = batch + fan_in + fan_out
+    inv_perm = tuple(int(a) for a in np.argsort(perm))
+    moved_shape = tuple(x.shape[a] for a in perm)
+    flat = tuple(math.prod(x.shape[a] for a in g) for g in (batch, fan_in, fan_out))
+
+    def layout(entries):
+        return NamedSharding(owner_mesh, _sharding.pspec(entries))
+
+    m = _sharding.reshard(x, target).transpose(perm).reshape(flat, out_sharding=layout(merged))
+
+    def inverse(r: jax.Array) -> jax.Array:
+        r = r.reshape(moved_shape, out_sharding=layout([target[a] for a in perm]))
+        return _sharding.reshard(r.transpose(inv_perm), spec)
+
+    return m, inverse
+
+
+def _owner(fn: Callable[[jax.Array], jax.Array], stack: jax.Array, mesh: Mesh) -> jax.Array:
+    """``fn`` on a stack padded to a multiple of the mesh size, each device on its own slice."""
+    n = stack.shape[0]
+    pad = -n % mesh.size
+    if pad:
+        stack = jnp.concatenate([stack, _sharding.zeros_like_layout(stack, pad)], axis=0)
+    own = _sharding.explicit_mesh(stack)
+    if own is None:
+        axes = tuple(mesh.axis_names)
+        spec = PartitionSpec(axes)
+        stack = jax.lax.with_sharding_constraint(stack, NamedSharding(mesh, spec))
+        return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec)(stack)[:n]
+    stack, axes, back = _sharding.to_owner(stack, own.axis_names)
+    spec = PartitionSpec(axes)
+    return back(jax.shard_map(fn, mesh=own, in_specs=spec, out_specs=spec)(stack))[:n]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,8 @@ from normtx._pytree import describe_leaf
 __all__ = ["Norm"]
 
 Inverse = Callable[[jax.Array], jax.Array]
+PolarPlan = tuple[Any, Any, float]
+"""``(DimensionNumbers, polar method, factor)``: see ``Norm._polar_plan``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,16 @@ class Norm(abc.ABC):
 
     def _check_shape(self, shape: tuple[int, ...], path: str) -> None:  # noqa: B027
         """Shape-specific validation; subclasses override (the default accepts every shape)."""
+
+    def _polar_plan(self, shape: tuple[int, ...], path: str) -> PolarPlan | None:
+        """``(dims, method, factor)`` if ``dualize`` maps each matrix ``S`` (as ``dims`` slice the
+        leaf) to ``polar(S, method=method) / factor``; ``None`` for every other norm.
+
+        A ``normtx.norms.Modular`` with a mesh computes these polar factors for all its leaves
+        together, by the owner-device strategy of ``normtx.sharding``.
+        """
+        del shape, path
+        return None
 
     def _prepare(self, x: jax.Array, path: str) -> tuple[jax.Array, Inverse]:
         x = jnp.asarray(x)

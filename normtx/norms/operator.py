@@ -219,6 +219,14 @@ class Schatten(OperatorNorm):
             return jnp.sum(s * polar(s, method=self.polar), axis=(1, 2)) / f
         return pnorm(singular_values(s), dual_exponent(self.p)) / f
 
+    def _polar_plan(self, shape, path):
+        if not math.isinf(self.p):
+            return None
+        dims = self.dims(shape, path)
+        d_in = math.prod(shape[a] for a in dims.fan_in_axes)
+        d_out = math.prod(shape[a] for a in dims.fan_out_axes)
+        return dims, self.polar, self._factor(d_in, d_out)
+
     def _directions(self, s):
         f = self._factor(s.shape[1], s.shape[2])
         if self.p == 2:

@@ -5,7 +5,7 @@ first-class ``optax.GradientTransformation`` pieces (Bernstein & Newhouse, *Old 
 Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
-from normtx import adaptive, dims, linalg, norms, optimizers, roles
+from normtx import adaptive, dims, linalg, norms, optimizers, roles, sharding
 from normtx.transforms import (
     EscapeVelocityState,
     ScaleByDualNormState,
@@ -35,4 +35,5 @@ __all__ = [
     "orthogonalize_newton_schulz",
     "roles",
     "scale_by_dual_norm",
+    "sharding",
 ]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import jax
 import optax
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from normtx import roles as roles_lib
@@ -148,11 +149,11 @@ def _weight_decay(weight_decay: ArrayLike, mask: Any = None) -> optax.GradientTr
     return optax.add_decayed_weights(weight_decay, mask)
 
 
-def _steepest(norm: NormSpec, step: Step, sharpness: ArrayLike, what: str):
+def _steepest(norm: NormSpec, step: Step, sharpness: ArrayLike, what: str, mesh: Mesh | None):
     check_choice("step", step, ("unit", "dual_norm"), what)
     if step == "unit":
-        return dualize(norm)
-    return scale_by_dual_norm(norm, sharpness=sharpness, scope="tree")
+        return dualize(norm, mesh=mesh)
+    return scale_by_dual_norm(norm, sharpness=sharpness, scope="tree", mesh=mesh)
 
 
 def _check_common(what: str, learning_rate, momentum, nesterov, weight_decay) -> None:
@@ -172,12 +173,13 @@ def _descent(
     weight_decay,
     step: Step,
     sharpness,
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     """Momentum, the steepest-descent step under ``norm``, weight decay, the learning rate."""
     _check_common(what, learning_rate, momentum, nesterov, weight_decay)
     return optax.chain(
         _momentum(momentum, nesterov),
-        _steepest(norm, step, sharpness, what),
+        _steepest(norm, step, sharpness, what, mesh),
         _weight_decay(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -282,6 +284,7 @@ def spectral_descent(
     step: Step = "unit",
     sharpness: ArrayLike | optax.Schedule = 1.0,
     polar: PolarMethod = "newton_schulz",
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""Spectral descent: Shampoo with its accumulators off (anthology Prop. 5).
 
@@ -291,6 +294,13 @@ def spectral_descent(
     weight decay as in ``sign_descent``. ``polar`` picks how ``U Vᵀ`` is computed
     (``normtx.linalg.polar``: ``'newton_schulz'``, 5 Polar Express steps, by default; ``'svd'``
     exact). Leaves of rank > 2 are rejected at ``init``.
+
+    Args:
+      learning_rate, momentum, nesterov, weight_decay, step, sharpness: as in ``sign_descent``.
+      polar: the polar-factor method (``normtx.linalg.polar``).
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -326,6 +336,7 @@ def modular_descent(
     head: roles_lib.HeadSpec = None,
     labels: roles_lib.LabelSpec = None,
     heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""Steepest descent under the modular norm of a network (anthology Prop. 7 and epilogue).
 
@@ -354,6 +365,9 @@ def modular_descent(
       rule: ``'prodigy'`` or ``'cosine'`` (see ``normtx.escape_velocity_lr``).
       roles, norms, scales, masses, head, labels, heads_as_batch: the geometry, as in
         ``normtx.modular_norm_partition``.
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
 
     Returns:
       An ``optax.GradientTransformation``. Under ``optax.inject_hyperparams`` pass callables
@@ -374,11 +388,11 @@ def modular_descent(
     geometry = roles_lib.Geometry.of(locals(), what)
     direction = optax.chain(
         _momentum(momentum, nesterov),
-        modular_step(geometry, sharpness=sharpness, step=step),
+        modular_step(geometry, sharpness=sharpness, step=step, mesh=mesh),
         _weight_decay(weight_decay, _role_mask(geometry, lambda r: r.is_matrix)),
     )
     if escape_velocity:
-        norm = RoleModular(geometry)
+        norm = RoleModular(geometry, mesh=mesh)
         direction = escape_velocity_lr(direction, norm=norm, init_lr=init_lr, rule=rule)
     return optax.chain(direction, optax.scale_by_learning_rate(learning_rate))
 
@@ -401,6 +415,7 @@ def scion(
     head: roles_lib.HeadSpec = None,
     labels: roles_lib.LabelSpec = None,
     heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""Scion: conditional gradient over a ball of the modular norm (Pethick et al., 2025).
 
@@ -425,6 +440,9 @@ def scion(
       constrained: the constrained (Frank–Wolfe) or the unconstrained variant.
       roles, norms, scales, masses, head, labels, heads_as_batch: as in
         ``normtx.modular_norm_partition``.
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
 
     Returns:
       An ``optax.GradientTransformation`` (``update`` needs ``params`` when constrained).
@@ -449,7 +467,7 @@ def scion(
         )
     return optax.chain(
         _momentum(momentum, False),
-        modular_step(roles_lib.Geometry.of(locals(), what), step="unit"),
+        modular_step(roles_lib.Geometry.of(locals(), what), step="unit", mesh=mesh),
         optax.scale(radius),
         optax.add_decayed_weights(1.0) if constrained else optax.identity(),
         optax.scale_by_learning_rate(learning_rate),
@@ -489,6 +507,7 @@ def muon(
     head: roles_lib.HeadSpec = None,
     labels: roles_lib.LabelSpec = None,
     heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""Muon: momentum, then the polar factor of every hidden matrix (Jordan et al., 2024).
 
@@ -526,6 +545,9 @@ def muon(
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's
         hyperparameters for the other leaves (``others='adamw'``).
       roles, head, labels, heads_as_batch: the roles, as in ``normtx.roles.infer``.
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -552,7 +574,7 @@ def muon(
     if others == "modular":
         return optax.chain(
             _momentum(beta, nesterov),
-            modular_step(geometry, step="unit"),
+            modular_step(geometry, step="unit", mesh=mesh),
             _weight_decay(weight_decay, _role_mask(geometry, lambda r: r.is_matrix)),
             optax.scale_by_learning_rate(learning_rate),
         )
@@ -571,7 +593,7 @@ def muon(
             },
             label,
         ),
-        modular_step(geometry, step="unit"),
+        modular_step(geometry, step="unit", mesh=mesh),
         optax.partition(
             {
                 "muon": optax.chain(

@@ -38,6 +38,7 @@ import optax
 
 from normtx._numerics import compute_dtype
 from normtx._pytree import describe_leaf
+from normtx._sharding import replicate_except
 from normtx.adaptive._leaves import balanced_blocks, check_float_leaves
 from normtx.linalg import inverse_pth_root
 from normtx.linalg.roots import INVERSE_ROOT_METHODS, InverseRootMethod
@@ -136,7 +137,8 @@ def scale_by_full_adagrad(
         leaves, treedef = jax.tree.flatten(updates)
         out, stats = [], []
         for g, o, (count, b) in zip(leaves, jax.tree.leaves(state.stats), layout, strict=True):
-            x = g.astype(o.dtype).reshape(-1)
+            # The whole flattened leaf is one vector: gathered first under explicit sharding.
+            x = replicate_except(g).astype(o.dtype).reshape(-1)
             x = jnp.pad(x, (0, count * b - x.size)).reshape(count, b)
             o = o + x[:, :, None] * x[:, None, :]
             damped = o + eps * jnp.eye(b, dtype=o.dtype) if eps else o

@@ -13,14 +13,21 @@ Leaves whose norm is ``None`` are outside the normed space: ``norm``/``dual_norm
 
 from __future__ import annotations
 
+import copy
+import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
+from normtx._matrices import map_matrices
+from normtx._numerics import compute_dtype
 from normtx._pytree import broadcast_to_leaves, describe_leaf
+from normtx._sharding import check_mesh
+from normtx.linalg import polar
 from normtx.norms.base import Norm
 
 __all__ = [
@@ -93,6 +100,10 @@ class Modular:
       norms: a ``Norm`` for every leaf, a pytree prefix of Norms (``None``: the leaf is not normed),
         or a callable ``(path, leaf) -> Norm | None``; ``path`` is the ``/``-joined key path.
       scales: the ``s_l > 0``: one number, a pytree prefix, a callable, or ``None`` (all 1).
+      mesh: ``None``, or a ``jax.sharding.Mesh`` over whose devices the polar factors of the
+        spectral-family leaves (``Schatten`` at p = ∞: spectral, RMS -> RMS) are computed, all
+        leaves together, by the owner-device strategy of ``normtx.sharding`` (``dual_norm``,
+        ``dualize``, ``duals_and_directions``).
 
     ``norm``, ``dual_norm`` and ``dualize`` take whole trees. Example::
 
@@ -101,14 +112,17 @@ class Modular:
       mod.dual_norm(grads)  # Σ_l N_l†(G_l) / s_l
     """
 
-    def __init__(self, norms: NormSpec, scales: ScaleSpec = None):
+    def __init__(self, norms: NormSpec, scales: ScaleSpec = None, *, mesh: Mesh | None = None):
         if isinstance(scales, numbers.Real) and not scales > 0:
             raise ValueError(f"modular: scales must be > 0, got {scales!r}.")
+        check_mesh(mesh, "modular")
         self.norms = norms
         self.scales = scales
+        self.mesh = mesh
 
     def __repr__(self) -> str:
-        return f"Modular(norms={self.norms!r}, scales={self.scales!r})"
+        mesh = "" if self.mesh is None else f", mesh={self.mesh!r}"
+        return f"Modular(norms={self.norms!r}, scales={self.scales!r}{mesh})"
 
     def resolve(self, tree: Any, what: str = "modular") -> list[tuple[str, Any, Norm | None, Any]]:
         """``[(path, leaf, norm, scale), ...]`` for every leaf, validated."""
@@ -123,8 +137,36 @@ class Modular:
 
     def dual_norm(self, tree: Any) -> jax.Array:
         """``Σ_l N_l†(G_l) / s_l`` (eq. 56 without the 1/λ)."""
-        vals = [n.dual_norm(g) / s for _, g, n, s in self.resolve(tree) if n is not None]
-        return sum(vals, jnp.zeros((), jnp.float32))
+        entries = [(p, x, n, s) for p, x, n, s in self.resolve(tree) if n is not None]
+        duals = self.leaf_dual_norms([e[:3] for e in entries])
+        return sum(
+            (d / e[3] for d, e in zip(duals, entries, strict=True)), jnp.zeros((), jnp.float32)
+        )
+
+    def leaf_dual_norms(self, entries: Sequence[tuple[str, jax.Array, Norm]]) -> list[jax.Array]:
+        """``N_l†(x_l)`` for ``(path, x, norm)`` entries (rows of ``resolve``, or other arrays of
+        the same leaves): ``norm.dual_norm(x)``, except that under a mesh the polar factors of
+        the spectral family are computed together (the dual read off them, ``<x, dualize(x)>``).
+        """
+        polars = self._polar_directions(entries) if self.mesh is not None else {}
+        return [
+            jnp.sum(_compute(x) * polars[i]) if i in polars else n.dual_norm(x)
+            for i, (_, x, n) in enumerate(entries)
+        ]
+
+    def _polar_directions(self, entries: Sequence[tuple[str, Any, Norm | None]]) -> dict:
+        """``{i: polar(x_i)/factor_i}`` (compute dtype, leaf shape) for the entries whose norm
+        dualizes by a polar factor (``Norm._polar_plan``), computed by the owner strategy."""
+        fns: dict[Any, Callable] = {}
+        items, factors = [], {}
+        for i, (path, x, n) in enumerate(entries):
+            plan = None if n is None else n._polar_plan(tuple(x.shape), path)
+            if plan is not None:
+                dims, method, factors[i] = plan
+                fn = fns.setdefault(method, functools.partial(polar, method=method))
+                items.append((path, _compute(x), dims, fn))
+        outs = map_matrices(items, mesh=self.mesh)
+        return {i: p / factors[i] for i, p in zip(factors, outs, strict=True)}
 
     def dualize(self, tree: Any) -> Any:
         """``T_l = dualize_l(G_l) / s_l``: the unit-modular-norm tree best aligned with ``tree``."""
@@ -141,27 +183,54 @@ class Modular:
         """Per leaf ``N_l†(G_l)/s_l`` and ``dualize_l(G_l)/s_l`` (compute dtype); ``None``: no norm.
 
         One decomposition per leaf: the dual is read off the direction, ``<G, dualize(G)> = ‖G‖†``.
+        Under a mesh the polar factors of all leaves are computed together (``leaf_dual_norms``).
         """
+        resolved = self.resolve(tree, what)
+        polars = {}
+        if self.mesh is not None:
+            polars = self._polar_directions([(p, g, n) for p, g, n, _ in resolved])
         duals, directions = [], []
-        for path, g, n, s in self.resolve(tree, what):
+        for i, (path, g, n, s) in enumerate(resolved):
             if n is None:
                 duals.append(None)
                 directions.append(None)
                 continue
-            d, t = n.dual_and_dualize(g, path)
+            if i in polars:
+                t = polars[i]
+                d = jnp.sum(_compute(g) * t)
+            else:
+                d, t = n.dual_and_dualize(g, path)
             duals.append(d / s)
             directions.append(t / s)
         return duals, directions
 
 
-def as_modular(norm: NormSpec | Modular) -> Modular:
-    """``norm`` itself if it already is a ``Modular`` (with its scales), else ``Modular(norm)``."""
-    return norm if isinstance(norm, Modular) else Modular(norm)
+def _compute(x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x.dtype))
 
 
-def modular(norms: NormSpec, scales: ScaleSpec = None) -> Modular:
+def as_modular(norm: NormSpec | Modular, mesh: Mesh | None = None) -> Modular:
+    """``norm`` itself if it already is a ``Modular`` (with its scales), else ``Modular(norm)``;
+    with ``mesh``, a copy that computes its polar factors over that mesh."""
+    if not isinstance(norm, Modular):
+        return Modular(norm, mesh=mesh)
+    if mesh is None or mesh is norm.mesh:
+        return norm
+    if norm.mesh is not None:
+        raise ValueError(
+            f"the modular norm already distributes its polar factors over {norm.mesh!r}; "
+            f"give the mesh once (got also {mesh!r})."
+        )
+    check_mesh(mesh, "modular")
+    out = copy.copy(norm)
+    out.mesh = mesh
+    return out
+
+
+def modular(norms: NormSpec, scales: ScaleSpec = None, *, mesh: Mesh | None = None) -> Modular:
     """The modular norm ``max_l s_l N_l(W_l)`` of anthology Prop. 7 (see ``Modular``)."""
-    return Modular(norms, scales)
+    return Modular(norms, scales, mesh=mesh)
 
 
 def tree_norm(norms: NormSpec, tree: Any) -> jax.Array:

@@ -7,6 +7,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from normtx.norms.tree import Modular, NormSpec, as_modular
@@ -17,7 +18,7 @@ __all__ = ["ScaleByDualNormState", "dualize", "scale_by_dual_norm"]
 Scope = Literal["tree", "leaf"]
 
 
-def dualize(norm: NormSpec | Modular) -> optax.GradientTransformation:
+def dualize(norm: NormSpec | Modular, *, mesh: Mesh | None = None) -> optax.GradientTransformation:
     r"""Maps each leaf ``g`` to its direction of steepest ascent ``argmax_{‖t‖<=1} <g, t>``.
 
     This is the *direction* half of anthology Prop. 1 (the step size is chosen elsewhere: a learning
@@ -33,6 +34,9 @@ def dualize(norm: NormSpec | Modular) -> optax.GradientTransformation:
         ``None``: leave the leaf unchanged) at each node, or a callable
         ``(path: str, leaf) -> Norm | None`` where ``path`` is the ``/``-joined key path, or a
       ``normtx.norms.Modular`` (then each leaf's direction is ``dualize_l(g_l)/s_l``).
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors of the spectral
+        family (``norms.spectral``, ``norms.rms_to_rms``) are computed for all leaves together by
+        the owner-device strategy over its devices (``normtx.sharding``).
 
     Returns:
       An ``optax.GradientTransformation`` with empty state. Like optax's ``scale_by_*`` it returns
@@ -50,7 +54,7 @@ def dualize(norm: NormSpec | Modular) -> optax.GradientTransformation:
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Prop. 1, 2, 5 (2024).
     """
-    mod = as_modular(norm)
+    mod = as_modular(norm, mesh)
 
     def init_fn(params):
         mod.resolve(params, "dualize")
@@ -75,6 +79,7 @@ def scale_by_dual_norm(
     *,
     sharpness: ArrayLike | optax.Schedule = 1.0,
     scope: Scope = "tree",
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""The full steepest-descent step under ``norm`` (anthology Prop. 1 and Prop. 7).
 
@@ -91,6 +96,7 @@ def scale_by_dual_norm(
       sharpness: λ > 0 of Prop. 1: a number, or a schedule ``count -> λ``. Works with
         ``optax.inject_hyperparams``.
       scope: ``'tree'`` or ``'leaf'``.
+      mesh: as in ``normtx.dualize``.
 
     Returns:
       An ``optax.GradientTransformation`` returning a descent direction (end the chain with
@@ -106,7 +112,7 @@ def scale_by_dual_norm(
     """
     check_positive("sharpness", sharpness, "scale_by_dual_norm")
     check_choice("scope", scope, ("tree", "leaf"), "scale_by_dual_norm")
-    mod = as_modular(norm)
+    mod = as_modular(norm, mesh)
 
     def init_fn(params):
         mod.resolve(params, "scale_by_dual_norm")

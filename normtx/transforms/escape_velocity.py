@@ -292,7 +292,7 @@ def _escape_velocity(
         p_leaves, treedef = jax.tree_util.tree_flatten(params)
         a_leaves = jax.tree_util.tree_leaves(state.anchor)
         normed = [i for i, (_, _, n, _) in enumerate(resolved) if n is not None]
-        norms_scales = [(resolved[i][2], resolved[i][3]) for i in normed]
+        entries = [resolved[i] for i in normed]
         gs = [_compute(g_leaves[i]) for i in normed]
         diffs = [_compute(a_leaves[i]) - _compute(p_leaves[i]) for i in normed]
 
@@ -303,7 +303,7 @@ def _escape_velocity(
         elif beta3 is None:
             gh = _unit_scaled(gs)
             num = _vdot(gh, diffs, eta.dtype)
-            den = _dual(norms_scales, gh, eta.dtype)
+            den = _dual(mod, entries, gh, eta.dtype)
             cand = coef * num / jnp.where(den > 0, den, 1)
         else:
             w_r, w_s = (jnp.asarray(w, eta.dtype) for w in ema_weights(eta, count))
@@ -314,7 +314,7 @@ def _escape_velocity(
                 for s, g in zip(s_leaves, g_leaves, strict=True)
             ]
             grad_sum = jax.tree_util.tree_unflatten(treedef, s_leaves)
-            den = _dual(norms_scales, [_compute(s_leaves[i]) for i in normed], eta.dtype)
+            den = _dual(mod, entries, [_compute(s_leaves[i]) for i in normed], eta.dtype)
             cand = coef * num / jnp.where(den > 0, den, 1)
 
         new_eta = _next_eta(eta, cand, den, init_lr, monotone, max_growth)
@@ -390,10 +390,11 @@ def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype) -> jax.Array:
     )
 
 
-def _dual(norms_scales, xs: list[jax.Array], dtype) -> jax.Array:
-    """``Σ_l N_l†(x_l) / s_l`` over the normed leaves (Prop. 7)."""
+def _dual(mod: Modular, entries: list, xs: list[jax.Array], dtype) -> jax.Array:
+    """``Σ_l N_l†(x_l) / s_l`` over the normed leaves (``entries``: their ``mod.resolve`` rows)."""
+    duals = mod.leaf_dual_norms([(p, x, n) for (p, _, n, _), x in zip(entries, xs, strict=True)])
     return sum(
-        (n.dual_norm(x).astype(dtype) / s for (n, s), x in zip(norms_scales, xs, strict=True)),
+        (d.astype(dtype) / s for d, (_, _, _, s) in zip(duals, entries, strict=True)),
         jnp.zeros([], dtype),
     )
 

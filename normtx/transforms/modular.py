@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from normtx import roles as roles_lib
@@ -44,8 +45,8 @@ class RoleModular(Modular):
     ``normtx.modular_norm``; ``geometry`` is its ``normtx.roles.Geometry``.
     """
 
-    def __init__(self, geometry: roles_lib.Geometry):
-        super().__init__(norms=geometry.norms, scales=None)
+    def __init__(self, geometry: roles_lib.Geometry, *, mesh: Mesh | None = None):
+        super().__init__(norms=geometry.norms, scales=None, mesh=mesh)
         self.geometry = geometry
 
     def __repr__(self) -> str:
@@ -71,6 +72,7 @@ def modular_norm(
     head: roles_lib.HeadSpec = None,
     labels: roles_lib.LabelSpec = None,
     heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
 ) -> RoleModular:
     r"""The modular norm ``max_l s_l N_l(W_l)`` of a network, each ``N_l`` and ``s_l`` by role.
 
@@ -88,6 +90,9 @@ def modular_norm(
         ``'mass'`` (modula's masses, ``s_l = M / m_l``; see ``normtx.roles.Geometry``).
       masses: ``{role name: mass per slice}`` for ``scales='mass'``.
       head, labels, heads_as_batch: passed to ``normtx.roles.infer``.
+      mesh: ``None`` or a ``jax.sharding.Mesh``: compute the polar factors of the RMS -> RMS
+        (spectral-family) leaves together by the owner-device strategy over its devices
+        (``normtx.sharding``).
 
     Returns:
       A ``RoleModular`` (a ``normtx.norms.Modular``); ``.describe(params)`` prints its table.
@@ -101,7 +106,7 @@ def modular_norm(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
-    return RoleModular(roles_lib.Geometry.of(locals(), "modular_norm"))
+    return RoleModular(roles_lib.Geometry.of(locals(), "modular_norm"), mesh=mesh)
 
 
 class ModularNormPartitionState(NamedTuple):
@@ -123,6 +128,7 @@ def modular_norm_partition(
     head: roles_lib.HeadSpec = None,
     labels: roles_lib.LabelSpec = None,
     heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""Steepest descent under the modular norm of a network (anthology Prop. 7).
 
@@ -147,6 +153,7 @@ def modular_norm_partition(
       sharpness: λ > 0 (a number or a schedule ``count -> λ``); only ``step='dual_norm'`` and the
         ``global_eta`` diagnostic use it. Works with ``optax.inject_hyperparams``.
       step: ``'dual_norm'`` (the Prop. 7 step) or ``'unit'`` (the unit-norm direction).
+      mesh: as in ``normtx.modular_norm``.
 
     Returns:
       An ``optax.GradientTransformation``. Its state ``ModularNormPartitionState`` holds the last
@@ -172,7 +179,7 @@ def modular_norm_partition(
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
     geometry = roles_lib.Geometry.of(locals(), "modular_norm_partition")
-    return modular_step(geometry, sharpness=sharpness, step=step)
+    return modular_step(geometry, sharpness=sharpness, step=step, mesh=mesh)
 
 
 def modular_step(
@@ -180,12 +187,13 @@ def modular_step(
     *,
     sharpness: ArrayLike | optax.Schedule = 1.0,
     step: Step = "dual_norm",
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     """``modular_norm_partition`` for a ready ``normtx.roles.Geometry`` (the optimizers' entry)."""
     what = "modular_norm_partition"
     check_positive("sharpness", sharpness, what)
     check_choice("step", step, ("dual_norm", "unit"), what)
-    mod = RoleModular(geometry)
+    mod = RoleModular(geometry, mesh=mesh)
 
     def init_fn(params):
         mod.resolve(params, what)

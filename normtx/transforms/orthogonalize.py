@@ -11,10 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
-from normtx._pytree import broadcast_to_leaves, describe_leaf
-from normtx.dims import DimensionNumbers, as_matrices, normalize_axes
+from normtx._matrices import map_matrices
+from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
+from normtx._sharding import check_mesh
+from normtx.dims import DimensionNumbers, normalize_axes
 from normtx.linalg.newton_schulz import (
     NORMALIZATIONS,
     Normalization,
@@ -40,7 +43,6 @@ class _Leaf(NamedTuple):
     """How one leaf becomes a batch of short-side-first matrices."""
 
     dims: DimensionNumbers  # fan-in and fan-out axes of the leaf
-    tall: bool  # d_in > d_out: the (d_in, d_out) slices are transposed before the iteration
     scale: float  # the factor applied to the polar factor of each slice
 
 
@@ -95,7 +97,7 @@ def _leaf_plan(path: str, leaf: Any, dims: DimensionNumbers | None, scale: Scale
         raise ValueError(f"{e} Leaf: {desc}.") from None
     d_in = math.prod(shape[a] for a in dn.fan_in_axes)
     d_out = math.prod(shape[a] for a in dn.fan_out_axes)
-    return _Leaf(dn, d_in > d_out, _scale_factor(scale, d_in, d_out))
+    return _Leaf(dn, _scale_factor(scale, d_in, d_out))
 
 
 def orthogonalize_newton_schulz(
@@ -107,6 +109,7 @@ def orthogonalize_newton_schulz(
     compute_dtype: DTypeLike | None = None,
     batch_same_shapes: bool = True,
     normalization: Normalization = "frobenius",
+    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     r"""Maps every matrix of every leaf to ``scale · U Vᵀ`` by a Newton–Schulz iteration.
 
@@ -123,7 +126,10 @@ def orthogonalize_newton_schulz(
 
     With ``batch_same_shapes`` all matrices of the tree with the same short-side-first shape and
     dtype are stacked and orthogonalized by one batched iteration (fewer, larger kernels inside
-    ``jit``); the result is the same as leaf by leaf.
+    ``jit``); the result is the same as leaf by leaf. With a ``mesh`` each stack is computed by the
+    owner-device strategy of ``normtx.sharding``: padded to a multiple of the mesh size, its
+    matrices spread over the devices, each device iterating on its own matrices, instead of every
+    device gathering and iterating on every matrix.
 
     Args:
       steps: Newton–Schulz iterations (see ``normtx.linalg.newton_schulz``).
@@ -136,6 +142,9 @@ def orthogonalize_newton_schulz(
         accumulation); default float32 (float64 for float64 leaves).
       batch_same_shapes: stack same-shape matrices into one batched iteration.
       normalization: ``'frobenius'`` or ``'schatten4'`` (see ``normtx.linalg.newton_schulz``).
+      mesh: ``None`` (default: computed where XLA puts it — under explicit sharding every matrix
+        is gathered whole on every device) or a ``jax.sharding.Mesh``: the owner-device strategy
+        over its devices (``normtx.sharding``).
 
     Returns:
       An ``optax.GradientTransformation`` with empty state returning a descent direction (end
@@ -172,6 +181,7 @@ def orthogonalize_newton_schulz(
     check_choice("normalization", normalization, NORMALIZATIONS, _WHAT)
     if not isinstance(batch_same_shapes, bool):
         raise ValueError(f"{_WHAT}: batch_same_shapes must be a bool, got {batch_same_shapes!r}.")
+    check_mesh(mesh, _WHAT)
 
     def plan(tree) -> list[_Leaf]:
         triples = broadcast_to_leaves(
@@ -194,27 +204,13 @@ def orthogonalize_newton_schulz(
 
     def update_fn(updates, state, params=None):
         del params
-        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        flat, treedef = flatten_with_paths(updates)
         plans = plan(updates)
-        mats, inverses = [], []
-        for g, lp in zip(leaves, plans, strict=True):
-            m, inverse = as_matrices(g, lp.dims)
-            mats.append(jnp.swapaxes(m, -1, -2) if lp.tall else m)
-            inverses.append(inverse)
-        groups: dict[Any, list[int]] = {}
-        for i, m in enumerate(mats):
-            key = (m.shape[1:], m.dtype) if batch_same_shapes else i
-            groups.setdefault(key, []).append(i)
-        outs: list[jax.Array | None] = [None] * len(mats)
-        for members in groups.values():
-            sizes = [mats[i].shape[0] for i in members]
-            result = orthogonalize(jnp.concatenate([mats[i] for i in members], axis=0))
-            for i, part in zip(members, jnp.split(result, np.cumsum(sizes)[:-1]), strict=True):
-                outs[i] = part
-        new = []
-        for g, lp, x, inverse in zip(leaves, plans, outs, inverses, strict=True):
-            x = jnp.swapaxes(x, -1, -2) if lp.tall else x
-            new.append(inverse(lp.scale * x).astype(g.dtype))
+        items = [(p, g, lp.dims, orthogonalize) for (p, g), lp in zip(flat, plans, strict=True)]
+        outs = map_matrices(items, batch=batch_same_shapes, mesh=mesh)
+        new = [
+            (lp.scale * x).astype(g.dtype) for (_, g), lp, x in zip(flat, plans, outs, strict=True)
+        ]
         return jax.tree_util.tree_unflatten(treedef, new), state
 
     return optax.GradientTransformation(init_fn, update_fn)

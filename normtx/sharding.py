@@ -29,8 +29,9 @@ test suite checks the compiled HLO). Scanned layers ``(n_layers, d_in, d_out)`` 
 matrices of the stack, sharded layer axis or not. Axes sharded on a non-leading axis of a merged
 group (the ``I`` of a conv kernel ``HWIO``) are gathered along that axis first, and a leaf
 replicated over some mesh axis gets its result replicated there too (a gather of its own shard).
-Under ``Auto`` axes the stack is constrained to the owner layout and XLA's partitioner moves the
-data as it sees fit (with jax 0.10 on CPU it replicates the stack first): prefer explicit axes.
+Under ``Auto`` axes the layouts are unknown at trace time: the stack is constrained to the owner
+layout and XLA's partitioner moves the data as it sees fit (with jax 0.10 on CPU it gathered some
+stacks whole on every device, ``benchmarks/README.md``): prefer explicit axes.
 
 **Optimizer state.** ``state_shardings(tx, params)`` derives a ``NamedSharding`` for every leaf of
 ``tx.init(params)`` from the shardings of ``params``, for ``jax.jit(..., out_shardings=...)``::

@@ -90,7 +90,7 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
     Every other state leaf (counts, step sizes, hyperparameters) is replicated. The state's
     shape comes from ``jax.eval_shape``; nothing is computed. (``optax.tree_utils.tree_map_params``
     finds the params-like subtrees by calling ``init`` on a placeholder instead of the params,
-    which normtx's ``init``\ s reject: they infer roles and check every leaf.)
+    which the ``init`` functions of normtx reject: they infer roles and check every leaf.)
 
     Args:
       tx: the transformation whose state is laid out.

@@ -14,7 +14,14 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["broadcast_to_leaves", "describe_leaf", "flatten_with_paths", "path_str"]
+__all__ = [
+    "broadcast_to_leaves",
+    "check_state_shape",
+    "describe_leaf",
+    "flatten_state_field",
+    "flatten_with_paths",
+    "path_str",
+]
 
 
 def _key_str(key: Any) -> str:
@@ -48,6 +55,41 @@ def flatten_with_paths(tree: Any, is_leaf=None) -> tuple[list[tuple[str, Any]], 
     """Flattens ``tree`` into ``[(path_str, leaf), ...]`` and its treedef."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
     return [(path_str(p), leaf) for p, leaf in pairs], treedef
+
+
+def flatten_state_field(updates: Any, field: Any, *, what: str, name: str) -> list[Any]:
+    """The entries of ``field`` (a state tree built with the params' structure) for each leaf of
+    ``updates``, in flatten order (an entry may be a subtree such as ``optax.MaskedNode()``).
+
+    Raises ``ValueError`` naming the update paths when ``updates`` does not have the structure of
+    the params the state was initialised with.
+    """
+    treedef = jax.tree_util.tree_structure(updates)
+    try:
+        return treedef.flatten_up_to(field)
+    except (ValueError, TypeError) as e:
+        paths = [p for p, _ in flatten_with_paths(updates)[0]]
+        raise ValueError(
+            f"{what}: the updates do not have the tree structure of the params the state was "
+            f"initialised with (state field {name!r}). Update paths: {paths[:12]}"
+            f"{' ...' if len(paths) > 12 else ''}. JAX says: {e}"
+        ) from None
+
+
+def check_state_shape(
+    what: str, path: str, leaf: Any, entry: Any, expected: tuple[int, ...], name: str
+) -> None:
+    """Raises ``ValueError`` unless the state array ``entry`` for ``leaf`` has shape ``expected``.
+
+    The shape the state needs follows from the leaf's shape; a mismatch means the state was
+    initialised for other params (a transposed kernel, another width).
+    """
+    if tuple(np.shape(entry)) != tuple(expected):
+        raise ValueError(
+            f"{what}: update {describe_leaf(path, leaf)} does not match the state: its {name} "
+            f"has shape {tuple(np.shape(entry))}, and a leaf of this shape needs {tuple(expected)}."
+            " Initialise the state with params of the shapes the updates have."
+        )
 
 
 def broadcast_to_leaves(

@@ -24,7 +24,14 @@ from normtx._pytree import describe_leaf
 from normtx.linalg import PolarMethod, check_polar_method, newton_schulz
 from normtx.linalg.newton_schulz import NsSchedule, newton_schulz_schedule
 from normtx.norms import Norm, NormSpec, Schatten, l2, linf, rms_to_rms, spectral
-from normtx.transforms._common import check_bool, check_choice, check_positive, check_probability
+from normtx.transforms._common import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive,
+    check_probability,
+    check_static,
+)
 from normtx.transforms.dualize import dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import escape_velocity_lr, prodigy_step
 from normtx.transforms.modular import RoleModular, modular_step
@@ -564,6 +571,8 @@ def muon(
     _check_common(what, learning_rate, beta, nesterov, weight_decay)
     check_choice("scale", scale, tuple(_MUON_NORMS), what)
     check_choice("others", others, ("adamw", "modular"), what)
+    check_int("ns_steps", ns_steps, what, minimum=1)
+    check_static("ns_coefficients", ns_coefficients, what, arrays=True)
     newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
     polar = functools.partial(newton_schulz, steps=ns_steps, coefficients=ns_coefficients)
     matrix = _MUON_NORMS[scale](polar=polar)

@@ -51,6 +51,7 @@ Adafactor ``m + n``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -58,9 +59,16 @@ import jax.numpy as jnp
 import optax
 
 from normtx._numerics import compute_dtype, safe_div
+from normtx._pytree import check_state_shape, flatten_state_field
 from normtx.adaptive._leaves import DimsSpec, matrix_shape, resolve_matrix_leaves
 from normtx.dims import as_matrices
-from normtx.transforms._common import check_choice, check_int, check_positive, check_probability
+from normtx.transforms._common import (
+    check_choice,
+    check_int,
+    check_positive,
+    check_prng_key,
+    check_probability,
+)
 
 __all__ = ["ScaleByAdamNMFState", "em_round", "scale_by_adam_nmf"]
 
@@ -159,8 +167,7 @@ def scale_by_adam_nmf(
     what = "scale_by_adam_nmf"
     check_int("rank", rank, what, minimum=1)
     check_int("em_steps", em_steps, what, minimum=1)
-    if key is None or not hasattr(key, "dtype"):
-        raise ValueError(f"{what}: key must be a PRNG key (jax.random.key(seed)), got {key!r}.")
+    check_prng_key("key", key, what)
     check_positive("eps", eps, what)
     check_positive("eps_sq", eps_sq, what)
     if b1 is not None:
@@ -207,19 +214,25 @@ def scale_by_adam_nmf(
         del params
         triples = _resolve(updates)
         count = optax.safe_increment(state.count)
-        t = count.astype(jnp.float32)
-        w = 1.0 if b2 == 0 else (1 - b2) / (1 - b2**t)  # weight of the new G² in the EM target
+        # b2 = 0 as a Python number is the notes' AdamNMF (no EMA); an array b2 (traced under
+        # optax.inject_hyperparams) always takes the EMA, which at b2 = 0 (w = 1) is the same target.
+        ema = not (isinstance(b2, numbers.Real) and b2 == 0)
         treedef = jax.tree.structure(updates)
-        mus = [None] * len(triples) if b1 is None else treedef.flatten_up_to(state.mu)
+        field = lambda f, name: flatten_state_field(updates, f, what=what, name=name)  # noqa: E731
+        mus = [None] * len(triples) if b1 is None else field(state.mu, "mu")
         out, a_out, b_out, mu_out = [], [], [], []
-        for (_, g, dims), a, b, mu in zip(
-            triples,
-            treedef.flatten_up_to(state.a),
-            treedef.flatten_up_to(state.b),
-            mus,
-            strict=True,
+        for (path, g, dims), a, b, mu in zip(
+            triples, field(state.a, "a"), field(state.b, "b"), mus, strict=True
         ):
+            if dims is None:
+                check_state_shape(what, path, g, a, jnp.shape(g), "second moment")
+            else:
+                batch, m, n = matrix_shape(jnp.shape(g), dims)
+                check_state_shape(what, path, g, a, (batch, m, rank), "factor A")
+                check_state_shape(what, path, g, b, (batch, rank, n), "factor B")
             g32 = g.astype(compute_dtype(g.dtype))
+            t = count.astype(g32.dtype)  # bias corrections in the leaf's compute dtype
+            w = (1 - b2) / (1 - b2**t) if ema else 1.0  # weight of the new G² in the EM target
             num = g32
             if b1 is not None:
                 mu = b1 * mu + (1 - b1) * g32
@@ -227,11 +240,11 @@ def scale_by_adam_nmf(
                 mu_out.append(mu)
             c = g32 * g32 + eps_sq
             if dims is None:
-                a = c if b2 == 0 else (1 - w) * a + w * c
+                a = (1 - w) * a + w * c if ema else c
                 out.append(safe_div(num, jnp.sqrt(a)).astype(g.dtype))
             else:
                 cm, _ = as_matrices(c, dims)
-                if b2 != 0:
+                if ema:
                     cm = (1 - w) * jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST) + w * cm
                 for _ in range(em_steps):
                     a, b = em_round(cm, a, b)

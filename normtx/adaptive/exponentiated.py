@@ -27,7 +27,7 @@ from jax.typing import ArrayLike
 from normtx._numerics import compute_dtype, safe_div
 from normtx._pytree import describe_leaf
 from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves
-from normtx.transforms._common import check_positive, value_at
+from normtx.transforms._common import check_positive, check_static, value_at
 
 __all__ = ["ExponentiatedGradientState", "exponentiated_gradient"]
 
@@ -96,7 +96,8 @@ def exponentiated_gradient(
     """
     what = "exponentiated_gradient"
     check_positive("learning_rate", learning_rate, what)
-    if axis is not None and not isinstance(axis, int):
+    check_static("axis", axis, what)
+    if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
         raise ValueError(f"{what}: axis must be an int or None, got {axis!r}.")
 
     def _check(params):

@@ -37,7 +37,12 @@ import jax.numpy as jnp
 import optax
 
 from normtx._numerics import compute_dtype
-from normtx._pytree import describe_leaf
+from normtx._pytree import (
+    check_state_shape,
+    describe_leaf,
+    flatten_state_field,
+    flatten_with_paths,
+)
 from normtx._sharding import replicate_except
 from normtx.adaptive._leaves import balanced_blocks, check_float_leaves
 from normtx.linalg import inverse_pth_root
@@ -134,14 +139,16 @@ def scale_by_full_adagrad(
     def update_fn(updates, state, params=None):
         del params
         layout = _layout(updates)
-        leaves, treedef = jax.tree.flatten(updates)
+        flat, treedef = flatten_with_paths(updates)
+        old = flatten_state_field(updates, state.stats, what=what, name="stats")
         out, stats = [], []
-        for g, o, (count, b) in zip(leaves, jax.tree.leaves(state.stats), layout, strict=True):
+        for (path, g), o, (count, b) in zip(flat, old, layout, strict=True):
+            check_state_shape(what, path, g, o, (count, b, b), "statistic O_t")
             # The whole flattened leaf is one vector: gathered first under explicit sharding.
             x = replicate_except(g).astype(o.dtype).reshape(-1)
             x = jnp.pad(x, (0, count * b - x.size)).reshape(count, b)
             o = o + x[:, :, None] * x[:, None, :]
-            damped = o + eps * jnp.eye(b, dtype=o.dtype) if eps else o
+            damped = o + eps * jnp.eye(b, dtype=o.dtype)  # no Python branch: eps may be traced
             root = inverse_pth_root(damped, 2, method=inverse_root, ridge=ridge)
             u = jnp.einsum("kij,kj->ki", root, x, precision=jax.lax.Precision.HIGHEST)
             out.append(u.reshape(-1)[: g.size].reshape(g.shape).astype(g.dtype))

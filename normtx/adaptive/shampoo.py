@@ -64,11 +64,18 @@ import optax
 from jax import lax
 
 from normtx._numerics import compute_dtype, safe_div
+from normtx._pytree import check_state_shape, flatten_state_field, flatten_with_paths
 from normtx.adaptive._leaves import DimsSpec, balanced_blocks, matrix_shape, resolve_matrix_leaves
 from normtx.dims import as_matrices
 from normtx.linalg import inverse_pth_root
 from normtx.linalg.roots import INVERSE_ROOT_METHODS
-from normtx.transforms._common import check_choice, check_int, check_positive, check_probability
+from normtx.transforms._common import (
+    check_choice,
+    check_int,
+    check_positive,
+    check_probability,
+    check_static,
+)
 
 __all__ = ["ScaleByShampooState", "scale_by_shampoo"]
 
@@ -204,7 +211,8 @@ def scale_by_shampoo(
     check_probability("beta2", beta2, what)
     if exponent is None:
         exponent = -0.5 if idealized else -0.25
-    elif idealized and exponent != -0.5:
+    check_static("exponent", exponent, what)  # p is a Python int of the root iteration
+    if idealized and exponent != -0.5:
         raise ValueError(f"{what}: idealized=True uses exponent -1/2, got exponent={exponent!r}.")
     p_float = -1.0 / exponent if exponent < 0 else math.inf
     p = round(p_float) if math.isfinite(p_float) else 0
@@ -304,7 +312,6 @@ def scale_by_shampoo(
         del params
         lays = _layouts(updates)
         count = optax.safe_increment(state.count)
-        tf = count.astype(jnp.float32)
         leaves, treedef = jax.tree.flatten(updates)
         fields = (
             state.stats_left,
@@ -313,11 +320,20 @@ def scale_by_shampoo(
             state.root_right,
             state.graft,
         )
-        old = [treedef.flatten_up_to(f) for f in fields]
+        names = ("stats_left", "stats_right", "root_left", "root_right", "graft")
+        old = [flatten_state_field(updates, f, what=what, name=n) for f, n in zip(fields, names)]
+        paths = [p for p, _ in flatten_with_paths(updates)[0]]
         new_stats, debiased, old_roots, grafted, blocks, new_v = [], [], [], [], [], []
         for i, (g, lay) in enumerate(zip(leaves, lays, strict=True)):
             l_old, r_old, pl, pr, v = (f[i] for f in old)
+            if lay.dims is not None:
+                k = lay.batch * lay.cm * lay.cn
+                check_state_shape(what, paths[i], g, l_old, (k, lay.bm, lay.bm), "statistic L")
+                check_state_shape(what, paths[i], g, r_old, (k, lay.bn, lay.bn), "statistic R")
+            if graft in ("adam", "adagrad"):
+                check_state_shape(what, paths[i], g, v, jnp.shape(g), "graft moment")
             g32 = g.astype(compute_dtype(g.dtype))
+            tf = count.astype(g32.dtype)
             gd, v_new = graft_step(g32, v, tf)
             grafted.append(gd)
             new_v.append(v_new.astype(v.dtype) if graft in ("adam", "adagrad") else v)
@@ -334,7 +350,7 @@ def scale_by_shampoo(
             else:
                 lt = beta2 * l_old + (1 - beta2) * xxt
                 rt = beta2 * r_old + (1 - beta2) * xtx
-                corr = 1 - beta2**tf if bias_correction and beta2 > 0 else 1.0
+                corr = 1 - beta2**tf if bias_correction else 1.0  # beta2 = 0: 1 - 0**t = 1
                 lh, rh = lt / corr, rt / corr
             new_stats.append((lt.astype(l_old.dtype), rt.astype(r_old.dtype)))
             debiased.append((lh, rh))

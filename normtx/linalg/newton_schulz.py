@@ -176,7 +176,10 @@ _FIXED = {
 def newton_schulz_schedule(coefficients: NsSchedule | ArrayLike, steps: int) -> np.ndarray:
     """The ``(steps, 3)`` float64 schedule: a named one or an array, its last row repeated."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"newton_schulz: steps must be a positive integer, got {steps!r}.")
+        raise ValueError(
+            f"newton_schulz: steps must be a positive Python integer, got {steps!r} (it sets the "
+            "loop length: under optax.inject_hyperparams list it in static_args)."
+        )
     if isinstance(coefficients, str):
         if coefficients not in NS_SCHEDULES:
             raise ValueError(
@@ -194,7 +197,8 @@ def newton_schulz_schedule(coefficients: NsSchedule | ArrayLike, steps: int) -> 
         except (TypeError, jax.errors.TracerArrayConversionError) as e:
             raise ValueError(
                 "newton_schulz: coefficients must be a schedule name or a concrete array of shape "
-                f"(k, 3) (not a traced value), got {coefficients!r}."
+                f"(k, 3) (not a traced value), got {coefficients!r}. Under "
+                "optax.inject_hyperparams list it in static_args."
             ) from e
         if table.ndim == 1 and table.shape == (3,):
             table = table[None]

@@ -88,7 +88,10 @@ def _check_args(a, p, method, ridge, max_iters) -> int:
         raise ValueError(
             f"inverse_pth_root: unknown method {method!r}; expected one of {INVERSE_ROOT_METHODS}."
         )
-    if not (isinstance(ridge, (int, float)) and ridge >= 0 and math.isfinite(ridge)):
+    if hasattr(ridge, "dtype") and not isinstance(ridge, (int, float)):
+        if jnp.ndim(ridge) != 0:  # a scalar array (traced under optax.inject_hyperparams) passes
+            raise ValueError(f"inverse_pth_root: ridge must be a scalar, got shape {ridge.shape}.")
+    elif not (isinstance(ridge, (int, float)) and ridge >= 0 and math.isfinite(ridge)):
         raise ValueError(f"inverse_pth_root: ridge must be a finite number >= 0, got {ridge!r}.")
     if operator.index(max_iters) < 1:
         raise ValueError(f"inverse_pth_root: max_iters must be >= 1, got {max_iters!r}.")
@@ -171,7 +174,7 @@ def inverse_pth_root(
     p: int,
     *,
     method: InverseRootMethod = "newton",
-    ridge: float = 1e-6,
+    ridge: float | jax.Array = 1e-6,
     max_iters: int = 100,
     tol: float | None = None,
     return_info: bool = False,
@@ -187,7 +190,7 @@ def inverse_pth_root(
       method: ``'newton'`` (coupled Newton with an ``eigh`` fallback) or ``'eigh'``.
       ridge: relative ridge: ``ε = ridge · ‖Â‖_F`` for ``Â = A / max|A|``, so that
         ``cond(Â + εI) <= 1 + 1/ridge``; ``0`` for none (then ``'eigh'`` gives the pseudo-inverse
-        root of a singular matrix).
+        root of a singular matrix). A scalar array (e.g. traced) is taken as it is.
       max_iters: the most Newton iterations (the loop stops earlier, see above).
       tol: a matrix's Newton result is accepted when ``‖M - I‖_F <= tol`` (relative error about
         ``tol / p``); default ``1000 · eps`` of the compute dtype (1.2e-4 in float32).
@@ -212,15 +215,16 @@ def inverse_pth_root(
     p = _check_args(a, p, method, ridge, max_iters)
     if tol is None:
         tol = 1000.0 * float(jnp.finfo(compute_dtype(a.dtype)).eps)
-    root, info = _inverse_pth_root(a, p, method, float(ridge), int(max_iters), float(tol))
+    root, info = _inverse_pth_root(a, ridge, p, method, int(max_iters), float(tol))
     return (root, info) if return_info else root
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _inverse_pth_root(
-    a: jax.Array, p: int, method: str, ridge: float, max_iters: int, tol: float
+    a: jax.Array, ridge: jax.Array, p: int, method: str, max_iters: int, tol: float
 ) -> tuple[jax.Array, InversePthRootInfo]:
     a = a.astype(compute_dtype(a.dtype))
+    ridge = jnp.asarray(ridge).astype(a.dtype)
     a = 0.5 * (a + jnp.swapaxes(a, -1, -2))
     scale = jnp.max(jnp.abs(a), axis=(-2, -1))
     a_hat = safe_div(a, scale[..., None, None])

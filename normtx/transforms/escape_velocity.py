@@ -261,7 +261,13 @@ def _escape_velocity(
     mod = as_modular(norm)
 
     def init_fn(params):
-        mod.resolve(params, what)
+        resolved = mod.resolve(params, what)
+        if all(n is None for _, _, n, _ in resolved):
+            raise ValueError(
+                f"{what}: no leaf of the parameter tree is measured by the norm (the tree is empty, "
+                "or every leaf's norm is None), so the step size could never move. Expected at "
+                f"least one normed leaf; parameter paths: {[p for p, *_ in resolved]}."
+            )
         sdt = _scalar_dtype(params)
         zero = jnp.zeros([], sdt)
         grad_sum = None
@@ -457,7 +463,9 @@ def prodigy_step(
     b1, b2 = check_betas(betas, what, "betas")
     if beta3 is None:
         beta3 = b2**0.5
-    elif not isinstance(beta3, numbers.Real) or not 0 <= beta3 < 1:
+    elif (isinstance(beta3, numbers.Real) or not hasattr(beta3, "dtype")) and not (
+        isinstance(beta3, numbers.Real) and 0 <= beta3 < 1
+    ):  # an array (traced under optax.inject_hyperparams) is not checked
         raise ValueError(f"{what}: beta3 must be None or a number in [0, 1), got {beta3!r}.")
     check_positive("estim_lr0", estim_lr0, what)
     check_positive("estim_lr_coef", estim_lr_coef, what)

@@ -25,7 +25,7 @@ from normtx.linalg.newton_schulz import (
     newton_schulz,
     newton_schulz_schedule,
 )
-from normtx.transforms._common import check_choice, check_positive
+from normtx.transforms._common import check_choice, check_int, check_positive, check_static
 
 __all__ = ["orthogonalize_newton_schulz"]
 
@@ -43,21 +43,21 @@ class _Leaf(NamedTuple):
     """How one leaf becomes a batch of short-side-first matrices."""
 
     dims: DimensionNumbers  # fan-in and fan-out axes of the leaf
-    scale: float  # the factor applied to the polar factor of each slice
+    scale: float | jax.Array  # the factor applied to the polar factor of each slice
 
 
 def _is_dims(x) -> bool:
     return isinstance(x, DimensionNumbers)
 
 
-def _scale_factor(scale: Scale, d_in: int, d_out: int) -> float:
+def _scale_factor(scale: Scale, d_in: int, d_out: int) -> float | jax.Array:
     if scale == "spectral":
         return 1.0
     if scale == "rms_to_rms":
         return math.sqrt(d_out / d_in)
     if scale == "muon":
         return math.sqrt(max(1.0, d_out / d_in))
-    return float(scale)
+    return scale  # a number, or an array under optax.inject_hyperparams
 
 
 def _leaf_plan(path: str, leaf: Any, dims: DimensionNumbers | None, scale: Scale) -> _Leaf:
@@ -134,7 +134,8 @@ def orthogonalize_newton_schulz(
     Args:
       steps: Newton–Schulz iterations (see ``normtx.linalg.newton_schulz``).
       coefficients: ``'polar_express'``, ``'cubic'``, ``'muon'``, or an array ``(k, 3)``.
-      scale: ``'spectral'``, ``'rms_to_rms'``, ``'muon'``, or a positive number.
+      scale: ``'spectral'``, ``'rms_to_rms'``, ``'muon'``, or a positive number (a number works
+        with ``optax.inject_hyperparams``).
       dims: ``DimensionNumbers`` for every leaf, a pytree prefix of them (``None`` entries: the
         default), or a callable ``(path, leaf) -> DimensionNumbers | None``. Default: a 2-D leaf is
         ``(0,) -> (1,)``; any other rank is an error.
@@ -169,10 +170,14 @@ def orthogonalize_newton_schulz(
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology* (2024), Prop. 5, Appendix A.
       Jordan et al., *Muon* (2024); Amsel et al., *The Polar Express*, arXiv:2505.16932 (2025).
     """
+    check_int("steps", steps, _WHAT, minimum=1)
+    check_static("coefficients", coefficients, _WHAT, arrays=True)
     schedule = newton_schulz_schedule(coefficients, steps)
     if isinstance(scale, str):
         check_choice("scale", scale, _SCALES, _WHAT)
-    elif isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+    elif (isinstance(scale, numbers.Real) and not isinstance(scale, bool)) or hasattr(
+        scale, "dtype"
+    ):
         check_positive("scale", scale, _WHAT)
     else:
         raise ValueError(f"{_WHAT}: scale must be one of {_SCALES} or a number > 0, got {scale!r}.")

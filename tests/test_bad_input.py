@@ -1,0 +1,337 @@
+"""The bad-input catalogue: every misuse fails early, with a message that says what to fix.
+
+Each row is one misuse and the ``ValueError`` it must raise — at construction, at ``init``, or
+when ``update`` is traced (under ``jax.jit``) — before any array is computed, so none reaches a
+NaN. The ``match`` pattern checks that the message names the parameter (its pytree path, shape and
+dtype where there is a leaf) and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import normtx
+from normtx import adaptive, linalg, norms, optimizers
+from normtx.dims import DimensionNumbers
+
+import registry
+
+
+def _f32(*shape):
+    return jnp.ones(shape, jnp.float32)
+
+
+def _init(tx, params):
+    return lambda: tx.init(params)
+
+
+def _update(tx, params, grads, *, with_params=True):
+    """Traces ``update`` under ``jax.jit`` from a state made for ``params``."""
+
+    def thunk():
+        state = tx.init(params)
+        return jax.jit(tx.update)(grads, state, *([params] if with_params else []))
+
+    return thunk
+
+
+P = registry.params()
+G = registry.grads(0)
+EV = dict(direction=normtx.dualize(norms.linf()), norm=norms.linf())
+NMF = dict(rank=1, key=jax.random.key(0))
+
+# (id, thunk, the pattern its ValueError must match)
+CASES = [
+    # ---- construction: hyperparameters -----------------------------------------------------
+    ("lp_p_below_one", lambda: norms.lp(0.5), r"lp: p must be >= 1 .*got p=0\.5"),
+    ("schatten_p_nan", lambda: norms.schatten(math.nan), r"schatten: p must be >= 1.*got p=nan"),
+    ("l1_to_lp_p_below_one", lambda: norms.l1_to_lp(0.2), r"l1_to_lp: p must be >= 1.*p=0\.2"),
+    (
+        "negative_sharpness",
+        lambda: normtx.scale_by_dual_norm(norms.l2(), sharpness=-1.0),
+        r"scale_by_dual_norm: sharpness must be > 0, got -1\.0",
+    ),
+    (
+        "negative_learning_rate",
+        lambda: optimizers.sign_descent(-0.1),
+        r"sign_descent: learning_rate must be > 0, got -0\.1",
+    ),
+    (
+        "infinite_learning_rate",
+        lambda: optimizers.normalized_sgd(math.inf),
+        r"normalized_sgd: learning_rate must be finite, got inf",
+    ),
+    (
+        "momentum_of_one",
+        lambda: optimizers.spectral_descent(0.1, momentum=1.0),
+        r"spectral_descent: momentum must be in \[0, 1\), got 1\.0",
+    ),
+    (
+        "negative_role_scale",
+        lambda: normtx.modular_norm_partition(scales={"hidden": -1.0}),
+        r"scales\['hidden'\] must be a number > 0, got -1\.0",
+    ),
+    (
+        "unknown_role_name_in_norms",
+        lambda: normtx.modular_norm_partition(norms={"hiden": norms.rms()}),
+        r"unknown role 'hiden' in norms; roles are \('hidden',",
+    ),
+    (
+        "scion_constrained_learning_rate_above_one",
+        lambda: optimizers.scion(2.0),
+        r"scion: .*learning_rate must be <= 1, got 2\.0",
+    ),
+    (
+        "unknown_muon_others",
+        lambda: optimizers.muon(0.1, others="adam"),
+        r"muon: others must be one of \('adamw', 'modular'\), got 'adam'",
+    ),
+    (
+        "ns_coefficients_of_wrong_shape",
+        lambda: normtx.orthogonalize_newton_schulz(coefficients=np.ones((2, 2))),
+        r"coefficients must have shape \(k, 3\), got \(2, 2\)",
+    ),
+    (
+        "unknown_ns_schedule",
+        lambda: normtx.orthogonalize_newton_schulz(coefficients="quintic"),
+        r"unknown coefficients 'quintic'; expected one of \('cubic', 'muon', 'polar_express'\)",
+    ),
+    (
+        "zero_ns_steps",
+        lambda: normtx.orthogonalize_newton_schulz(steps=0),
+        r"orthogonalize_newton_schulz: steps must be an int >= 1, got 0",
+    ),
+    (
+        "structural_count_as_array",
+        lambda: normtx.orthogonalize_newton_schulz(steps=jnp.asarray(5)),
+        r"steps is structural .*static_args=\('steps',\)",
+    ),
+    (
+        "negative_orthogonalize_scale",
+        lambda: normtx.orthogonalize_newton_schulz(scale=-1.0),
+        r"orthogonalize_newton_schulz: scale must be > 0, got -1\.0",
+    ),
+    (
+        "integer_compute_dtype",
+        lambda: normtx.orthogonalize_newton_schulz(compute_dtype=jnp.int32),
+        r"compute_dtype must be a float dtype",
+    ),
+    (
+        "prng_key_an_int",
+        lambda: adaptive.scale_by_adam_nmf(rank=1, key=0),
+        r"key must be one PRNG key \(jax\.random\.key\(seed\).*got 0",
+    ),
+    (
+        "prng_key_a_float_array",
+        lambda: adaptive.scale_by_adam_nmf(rank=1, key=jnp.ones(3)),
+        r"key must be one PRNG key .*got an array of shape \(3,\) and dtype float",
+    ),
+    (
+        "shampoo_exponent_not_minus_one_over_p",
+        lambda: adaptive.scale_by_shampoo(exponent=-0.3),
+        r"exponent must be -1/p for a positive integer p .*got -0\.3",
+    ),
+    (
+        "escape_velocity_direction_not_a_transform",
+        lambda: normtx.escape_velocity_lr(norms.linf(), norm=norms.linf()),
+        r"direction must be an optax\.GradientTransformation .*got Lp\(",
+    ),
+    (
+        "escape_velocity_beta_of_one",
+        lambda: normtx.escape_velocity_lr(**EV, beta=(0.9, 1.0)),
+        r"beta must be numbers in \[0, 1\), got \(0\.9, 1\.0\)",
+    ),
+    (
+        "escape_velocity_max_growth_below_one",
+        lambda: normtx.escape_velocity_lr(**EV, max_growth=0.5),
+        r"max_growth must be > 1 .*got 0\.5",
+    ),
+    # ---- init: leaves (path, shape, dtype) -------------------------------------------------------
+    (
+        "matrix_norm_on_a_bias",
+        _init(normtx.dualize(norms.spectral()), P),
+        r"leaf 'Dense_0/bias' has shape \(8,\), which is not a matrix.*vector norm",
+    ),
+    (
+        "rank_three_leaf_without_dims",
+        _init(normtx.dualize(norms.spectral()), {"w": _f32(2, 3, 4)}),
+        r"leaf 'w' has shape \(2, 3, 4\), but without dimension numbers .*fan_in_axes",
+    ),
+    (
+        "integer_leaf",
+        _init(normtx.dualize(norms.linf()), {"w": jnp.arange(3)}),
+        r"leaf 'w' \(shape \(3,\), int\d+\) is not a real floating-point array",
+    ),
+    (
+        "complex_leaf",
+        _init(normtx.dualize(norms.l2()), {"w": jnp.ones(3, jnp.complex64)}),
+        r"leaf 'w' \(shape \(3,\), complex64\) is not a real floating-point array",
+    ),
+    (
+        "integer_leaf_for_shampoo",
+        _init(adaptive.scale_by_shampoo(), {"w": jnp.ones((3, 3), jnp.int32)}),
+        r"leaf 'w' \(shape \(3, 3\), int32\) is not a real floating array",
+    ),
+    (
+        "unknown_role_name_in_roles_tree",
+        _init(
+            normtx.modular_norm_partition(
+                roles={
+                    "Dense_0": {"kernel": "hiddn", "bias": "bias"},
+                    "Dense_1": {"kernel": "head", "bias": "bias"},
+                }
+            ),
+            P,
+        ),
+        r"unknown role name 'hiddn' for leaf 'Dense_0/kernel'; role names are \('hidden',",
+    ),
+    (
+        "roles_tree_missing_leaves",
+        _init(normtx.modular_norm_partition(roles={"Dense_0": {"kernel": "hidden"}}), P),
+        r"roles tree does not match .*Parameters without a role: \['Dense_0/bias',",
+    ),
+    (
+        "norm_tree_entry_not_a_norm",
+        _init(normtx.dualize({"Dense_0": "spectral", "Dense_1": None}), P),
+        r"entry 'Dense_0' of the spec tree is 'spectral'; expected normtx Norm objects",
+    ),
+    (
+        "norm_tree_not_matching_params",
+        _init(normtx.dualize({"a": norms.l2()}), {"b": _f32(3)}),
+        r"does not match the parameter tree .*Parameter paths: \['b'\]",
+    ),
+    (
+        "dims_axis_out_of_range",
+        _init(
+            normtx.orthogonalize_newton_schulz(dims=DimensionNumbers((0,), (5,))),
+            {"w": _f32(3, 4)},
+        ),
+        r"axis 5 is out of range for leaf 'w' of shape \(3, 4\)",
+    ),
+    (
+        "dims_overlapping_axes",
+        _init(
+            normtx.orthogonalize_newton_schulz(dims=DimensionNumbers((0,), (0,))),
+            {"w": _f32(3, 4)},
+        ),
+        r"fan_in_axes \(0,\) and fan_out_axes \(0,\) overlap .*leaf 'w' of shape \(3, 4\)",
+    ),
+    (
+        "dims_callable_returning_a_tuple",
+        _init(normtx.orthogonalize_newton_schulz(dims=lambda p, x: (0, 1)), {"w": _f32(3, 4)}),
+        r"callable returned \(0, 1\) for leaf 'w' \(shape \(3, 4\), float32\); expected Dimensi",
+    ),
+    (
+        "empty_leaf",
+        _init(normtx.orthogonalize_newton_schulz(), {"w": _f32(0, 4)}),
+        r"leaf 'w' \(shape \(0, 4\), float32\) is empty",
+    ),
+    (
+        "empty_tree_for_the_modular_norm",
+        _init(normtx.modular_norm_partition(), {}),
+        r"modular_norm_partition: the parameter tree has no leaves",
+    ),
+    (
+        "empty_tree_for_escape_velocity",
+        _init(normtx.escape_velocity_lr(**EV), {}),
+        r"no leaf of the parameter tree is measured by the norm .*paths: \[\]",
+    ),
+    (
+        "full_adagrad_leaf_above_max_size",
+        _init(adaptive.scale_by_full_adagrad(max_size=16), {"w": _f32(5, 5)}),
+        r"leaf 'w' \(shape \(5, 5\), float32\) has 25 entries.*max_size=16\). Pass block_size",
+    ),
+    (
+        "adam_nmf_vector_leaf",
+        _init(adaptive.scale_by_adam_nmf(**NMF), P),
+        r"leaf 'Dense_0/bias' \(shape \(8,\), float32\) is not a matrix.*vectors='diagonal'",
+    ),
+    (
+        "spectral_descent_rank_three_leaf",
+        _init(optimizers.spectral_descent(0.1), {"w": _f32(2, 3, 4)}),
+        r"leaf 'w' \(shape \(2, 3, 4\), float32\) has rank 3; only 2-D kernels and vectors",
+    ),
+    (
+        "exponentiated_gradient_axis_out_of_range",
+        _init(adaptive.exponentiated_gradient(learning_rate=0.1, axis=3), {"w": _f32(3)}),
+        r"axis=3 is out of range for leaf 'w' \(shape \(3,\), float32\)",
+    ),
+    # ---- update, when traced: missing params, trees that do not match the state ------------------
+    (
+        "escape_velocity_without_params",
+        _update(normtx.escape_velocity_lr(**EV), P, G, with_params=False),
+        r"escape_velocity_lr: update needs the current params",
+    ),
+    (
+        "decoupled_weight_decay_without_params",
+        _update(
+            adaptive.adamw_fully_decoupled(learning_rate=0.1, weight_decay=0.1),
+            P,
+            G,
+            with_params=False,
+        ),
+        r"add_decoupled_weight_decay: this transform needs the params",
+    ),
+    (
+        "modular_weight_decay_without_params",
+        _update(optimizers.modular_descent(0.1, weight_decay=0.1), P, G, with_params=False),
+        r"requires the current value of parameters",
+    ),
+    (
+        "grads_and_params_of_different_trees",
+        lambda: jax.jit(normtx.escape_velocity_lr(**EV).update)(
+            {"a": _f32(3)}, normtx.escape_velocity_lr(**EV).init(P), P
+        ),
+        r"the updates and the params have different tree structures",
+    ),
+    (
+        "grads_transposed_against_shampoo_state",
+        _update(adaptive.scale_by_shampoo(), {"w": _f32(3, 4)}, {"w": _f32(4, 3)}),
+        r"update 'w' \(shape \(4, 3\), float32\) does not match the state: its statistic L has "
+        r"shape \(1, 3, 3\), and a leaf of this shape needs \(1, 4, 4\)",
+    ),
+    (
+        "grads_transposed_against_adam_nmf_state",
+        _update(adaptive.scale_by_adam_nmf(**NMF), {"w": _f32(3, 4)}, {"w": _f32(4, 3)}),
+        r"update 'w' \(shape \(4, 3\), float32\) does not match the state: its factor A",
+    ),
+    (
+        "grads_tree_against_full_adagrad_state",
+        _update(adaptive.scale_by_full_adagrad(), {"w": _f32(3, 4)}, {"v": _f32(3, 4)}),
+        r"do not have the tree structure of the params the state was initialised with "
+        r"\(state field 'stats'\). Update paths: \['v'\]",
+    ),
+    # ---- linear algebra entry points ---------------------------------------------------------
+    (
+        "non_square_inverse_root",
+        lambda: linalg.inverse_pth_root(_f32(3, 4), 2),
+        r"inverse_pth_root: expected square matrices of shape \(\.\.\., n, n\), got \(3, 4\)",
+    ),
+    (
+        "inverse_root_p_of_zero",
+        lambda: linalg.inverse_pth_root(_f32(3, 3), 0),
+        r"inverse_pth_root: p must be a positive integer, got 0",
+    ),
+    (
+        "newton_schulz_of_a_vector",
+        lambda: linalg.newton_schulz(_f32(3)),
+        r"newton_schulz: expected matrices \(\.\.\., m, n\), got shape \(3,\)",
+    ),
+]
+
+
+def test_the_catalogue_has_at_least_25_distinct_cases():
+    assert len(CASES) >= 25
+    assert len({c[0] for c in CASES}) == len(CASES)
+    assert len({c[2] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("thunk", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_clear_value_error(thunk, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        thunk()

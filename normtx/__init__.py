@@ -6,6 +6,7 @@ Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
 from normtx import adaptive, dims, linalg, norms, optimizers, roles, sharding
+from normtx._diagnostics import diagnostics
 from normtx.transforms import (
     EscapeVelocityState,
     ScaleByDualNormState,
@@ -24,6 +25,7 @@ __all__ = [
     "ScaleByDualNormState",
     "__version__",
     "adaptive",
+    "diagnostics",
     "dims",
     "dualize",
     "escape_velocity_lr",

@@ -1,19 +1,98 @@
-"""Two numerical helpers every module shares: the compute dtype and a NaN-free division."""
+"""Numerical helpers every module shares: the compute dtype and a NaN-free division."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-__all__ = ["compute_dtype", "safe_div"]
+__all__ = [
+    "compute_dtype",
+    "div_by_max",
+    "finite_matrices",
+    "one_minus_power",
+    "safe_div",
+    "sum_widest",
+    "widest_float",
+]
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-    """Reductions and matrix functions run in at least float32 (DESIGN §2, dtypes)."""
-    return jnp.promote_types(dtype, jnp.float32)
+    """Reductions and matrix functions run in at least float32 (DESIGN §2, dtypes).
+
+    float16/bfloat16 (and non-float dtypes) -> float32; float32 and float64 stay. No implicit
+    promotion is involved, so it also holds under ``jax.numpy_dtype_promotion('strict')``.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
+        return dtype
+    return jnp.dtype(jnp.float32)
+
+
+def widest_float(*dtypes) -> jnp.dtype:
+    """The widest of ``dtypes`` raised to the compute dtype (float32 when none is given).
+
+    An explicit choice, so that sums over leaves of mixed precision need no implicit promotion.
+    """
+    return max(
+        (compute_dtype(d) for d in dtypes), key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32)
+    )
+
+
+def sum_widest(xs) -> jax.Array:
+    """The sum of scalars (per-leaf dual norms, inner products) in their ``widest_float`` dtype."""
+    xs = list(xs)
+    dtype = widest_float(*(x.dtype for x in xs))
+    return sum((x.astype(dtype) for x in xs), jnp.zeros((), dtype))
 
 
 def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    """``num / den`` where ``den > 0`` and 0 elsewhere (no NaN from 0/0)."""
-    ok = den > 0
+    """``num / den``, and 0 where ``den <= 0`` (no NaN from 0/0).
+
+    A NaN ``den`` is not hidden: it gives NaN, so a non-finite input stays visible downstream.
+    """
+    ok = ~(den <= 0)
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
+
+def finite_matrices(x: jax.Array) -> jax.Array:
+    """For a batch of matrices ``(..., m, n)``: whether each is all finite, shape ``(..., 1, 1)``."""
+    return jnp.all(jnp.isfinite(x), axis=(-2, -1), keepdims=True)
+
+
+def _pow2(k: jax.Array, dtype) -> jax.Array:
+    """``2^k`` exactly in ``dtype`` (float32 or float64) for integers ``k`` in its normal range."""
+    info = jnp.finfo(dtype)
+    itype = jnp.int32 if info.bits == 32 else jnp.int64
+    biased = k.astype(itype) + (info.maxexp - 1)
+    return lax.bitcast_convert_type(biased << info.nmant, dtype)
+
+
+def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
+    """``x / m`` for ``m = max|x|`` over a reduction group (broadcastable to ``x``): in ``[-1, 1]``.
+
+    Safe for every finite ``m``, which ``x / m`` is not: XLA rewrites a division by a broadcast
+    scalar as a product with ``1/m``, subnormal for ``m >= 2^126`` (8.5e37 in float32) and flushed
+    to 0 on CPU — a 1e38 gradient had a zero direction. Here ``m = f·2^e`` (``0.5 <= f < 1``):
+    ``x`` is scaled by ``2^-e`` exactly (two normal halves), then divided by ``f``. ``m = 0`` (so
+    ``x = 0``) gives 0. A non-finite ``m`` (a NaN or Inf in the group) makes the whole group NaN:
+    visible downstream, and never an Inf inside LAPACK (its SVD of a matrix with an Inf entry
+    hangs). float32 or float64.
+    """
+    f, e = jnp.frexp(m)
+    h = e // 2
+    y = x * _pow2(-h, x.dtype) * _pow2(h - e, x.dtype)
+    return jnp.where(jnp.isfinite(m), safe_div(y, f), jnp.nan)
+
+
+def one_minus_power(b: float, k: jax.Array, dtype) -> jax.Array:
+    """``1 - b^k`` (a bias correction) for a Python float ``0 <= b < 1`` and integers ``k >= 1``.
+
+    As ``-expm1(k · log b)`` with ``log b`` taken in double precision: accurate to the rounding of
+    ``dtype``, where ``1 - b**k`` computed in float32 loses digits to cancellation (and to ``b``
+    itself: float32(0.999) is off by 1.3e-5 relative to 1 - 0.999).
+    """
+    log_b = math.log(b) if b > 0 else -math.inf
+    return -jnp.expm1(k.astype(dtype) * log_b)

@@ -51,15 +51,22 @@ TRANSFORMS = {
     "escape_velocity_lr(beta)": lambda: normtx.escape_velocity_lr(
         normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3, beta=(0.9, 0.99)
     ),
+    "escape_velocity_lr(cosine, previous)": lambda: normtx.escape_velocity_lr(
+        normtx.dualize(geometry), norm=geometry, rule="cosine", anchor="previous", monotone=False
+    ),
     "modular_norm_partition": lambda: normtx.modular_norm_partition(),
     "sign_descent": lambda: optimizers.sign_descent(0.01, momentum=0.9),
     "normalized_sgd": lambda: optimizers.normalized_sgd(0.01),
     "spectral_descent": lambda: optimizers.spectral_descent(0.01),
+    "modular_descent": lambda: optimizers.modular_descent(
+        0.1, nesterov=True, step="dual_norm", weight_decay=0.01
+    ),
     "modular_descent(escape_velocity)": lambda: optimizers.modular_descent(
         1.0, escape_velocity=True, weight_decay=0.01
     ),
     "scion": lambda: optimizers.scion(0.01),
     "muon": lambda: optimizers.muon(0.01),
+    "muon(others=modular)": lambda: optimizers.muon(0.01, others="modular", weight_decay=0.01),
     "prodigy": lambda: optimizers.prodigy(),
     "full_adagrad": lambda: adaptive.scale_by_full_adagrad(eps=1e-8),
     "adamw_fully_decoupled": lambda: adaptive.adamw_fully_decoupled(
@@ -70,5 +77,15 @@ TRANSFORMS = {
     ),
     "shampoo": lambda: adaptive.scale_by_shampoo(
         graft="adam", vectors="graft", precondition_every=2
+    ),
+    # EMA statistics, 4 x 4 blocks, roots every 3 steps: a checkpoint after step 2 resumes with
+    # the stale roots of step 1 in the restored state.
+    "shampoo(ema, blocks, every=3)": lambda: adaptive.scale_by_shampoo(
+        accumulator="ema",
+        beta2=0.9,
+        block_size=4,
+        graft="sgd",
+        vectors="graft",
+        precondition_every=3,
     ),
 }

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
+from normtx._numerics import compute_dtype
 from normtx._pytree import broadcast_to_leaves
 from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves
 from normtx.transforms._common import check_positive, check_probability, value_at
@@ -116,9 +117,6 @@ def add_decoupled_weight_decay(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{what}: {NEEDS_PARAMS}")
-        s = jnp.ones([], jnp.float32) if schedule is None else value_at(schedule, state.count)
-        eta = value_at(learning_rate, state.count)
-        lam = value_at(weight_decay, state.count)
         mask_tree = mask(params) if callable(mask) else mask
         decays = broadcast_to_leaves(
             mask_tree, params, is_value=lambda x: isinstance(x, bool), what=what, expected="a bool"
@@ -126,7 +124,11 @@ def add_decoupled_weight_decay(
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         out = []
         for d, (_, w, on) in zip(leaves, decays, strict=True):
-            step = eta * d + lam * w if on is not False else eta * d
+            dt = compute_dtype(d.dtype)
+            s = jnp.ones([], dt) if schedule is None else value_at(schedule, state.count, dt)
+            step = value_at(learning_rate, state.count, dt) * d.astype(dt)
+            if on is not False:
+                step = step + value_at(weight_decay, state.count, dt) * w.astype(dt)
             out.append((-s * step).astype(d.dtype))
         new_state = DecoupledWeightDecayState(count=optax.safe_increment(state.count))
         return jax.tree_util.tree_unflatten(treedef, out), new_state

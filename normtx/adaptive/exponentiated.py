@@ -115,10 +115,11 @@ def exponentiated_gradient(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{what}: {NEEDS_PARAMS}")
-        eta = value_at(learning_rate, state.count)
 
         def leaf_update(g, w):
-            return (_eg_step(w, g, eta, axis) - w.astype(compute_dtype(w.dtype))).astype(w.dtype)
+            dt = compute_dtype(w.dtype)
+            eta = value_at(learning_rate, state.count, dt)
+            return (_eg_step(w, g, eta, axis) - w.astype(dt)).astype(w.dtype)
 
         new_updates = jax.tree.map(leaf_update, updates, params)
         return new_updates, ExponentiatedGradientState(count=optax.safe_increment(state.count))

@@ -24,7 +24,8 @@ space, where ``g_t`` has no component. In float32 the eigenvectors leak about ``
 into that space, which the ridge amplifies by ``ridge^{-1/2}``: while ``O_t`` is rank-deficient the
 update is accurate to about ``eps₃₂ · ridge^{-1/2} ≈ 1e-4`` (float32 accuracy once it has full
 rank, or with ``ε`` large enough). The zero matrix's root is zero, so zero gradients give zero
-updates.
+updates. A block whose ``g gᵀ`` is not finite (a NaN/Inf gradient, or an overflow) is skipped by
+``O_t``, which would otherwise keep it for ever; the update of that step still shows it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from normtx._numerics import compute_dtype
+from normtx._numerics import compute_dtype, finite_matrices
 from normtx._pytree import (
     check_state_shape,
     describe_leaf,
@@ -147,7 +148,10 @@ def scale_by_full_adagrad(
             # The whole flattened leaf is one vector: gathered first under explicit sharding.
             x = replicate_except(g).astype(o.dtype).reshape(-1)
             x = jnp.pad(x, (0, count * b - x.size)).reshape(count, b)
-            o = o + x[:, :, None] * x[:, None, :]
+            outer = x[:, :, None] * x[:, None, :]
+            # A non-finite block (a NaN/Inf gradient, or g gᵀ overflowing) would stay in O_t for
+            # ever: the sum skips it (the update of this step still shows it).
+            o = o + jnp.where(finite_matrices(outer), outer, 0)
             damped = o + eps * jnp.eye(b, dtype=o.dtype)  # no Python branch: eps may be traced
             root = inverse_pth_root(damped, 2, method=inverse_root, ridge=ridge)
             u = jnp.einsum("kij,kj->ki", root, x, precision=jax.lax.Precision.HIGHEST)

@@ -42,7 +42,10 @@ directions) gives a root that is ``(ridge·‖L‖)^{-1/p}`` on its null space; 
 gradient there, but a *stale* root applied to a later gradient does, and in float32 that null-space
 scale is only determined to about ``m·eps₃₂/ridge``. ``start_preconditioning_step`` (the graft's
 step until the statistics have filled in) and grafting are the usual remedies, or a larger ridge.
-``inverse_root`` may also be a callable ``(A, p) -> A^{-1/p}`` on a batch of blocks.
+``inverse_root`` may also be a callable ``(A, p) -> A^{-1/p}`` on a batch of blocks. A block whose
+``G Gᵀ`` or ``Gᵀ G`` is not finite (a NaN/Inf gradient, or an overflow) is skipped by ``L`` and
+``R``: kept, it would stay in the statistics for ever and freeze the roots, silently. The update of
+that step still shows it (``normtx.diagnostics``); the graft's moments, like Adam's, keep it.
 
 **Leaves.** 2-D leaves are matrices; conv kernels and stacked layers need ``dimension_numbers``.
 Vectors (rank 0 or 1) are an error unless ``vectors='graft'``, which gives them the graft method's
@@ -63,7 +66,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from normtx._numerics import compute_dtype, safe_div
+from normtx._numerics import compute_dtype, finite_matrices, safe_div
 from normtx._pytree import check_state_shape, flatten_state_field, flatten_with_paths
 from normtx.adaptive._leaves import DimsSpec, balanced_blocks, matrix_shape, resolve_matrix_leaves
 from normtx.dims import as_matrices
@@ -344,6 +347,11 @@ def scale_by_shampoo(
             x = _to_blocks(as_matrices(g32, lay.dims)[0], lay)
             xxt = jnp.matmul(x, jnp.swapaxes(x, -1, -2), precision=_HI)
             xtx = jnp.matmul(jnp.swapaxes(x, -1, -2), x, precision=_HI)
+            # A non-finite block (a NaN/Inf gradient, or G Gᵀ overflowing) would stay in L and R
+            # for ever and freeze the roots (a non-finite root is never accepted): it is skipped.
+            ok = finite_matrices(xxt) & finite_matrices(xtx)
+            skip = (0.0, 0.0) if accumulator == "sum" else (l_old, r_old)  # β L + (1-β) L = L
+            xxt, xtx = jnp.where(ok, xxt, skip[0]), jnp.where(ok, xtx, skip[1])
             if accumulator == "sum":
                 lt, rt = l_old + xxt, r_old + xtx
                 lh, rh = lt, rt

@@ -59,7 +59,7 @@ from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
 from normtx._numerics import compute_dtype as _compute_dtype
-from normtx._numerics import safe_div
+from normtx._numerics import div_by_max, safe_div
 
 __all__ = [
     "NORMALIZATIONS",
@@ -215,7 +215,7 @@ def newton_schulz_schedule(coefficients: NsSchedule | ArrayLike, steps: int) -> 
 
 def _normalised(g: jax.Array, eps: float) -> jax.Array:
     """``Ĝ / (‖Ĝ‖_F + eps)`` with ``Ĝ = G / max|G|`` (scale free; 0 for 0)."""
-    x = safe_div(g, jnp.max(jnp.abs(g), axis=(-2, -1), keepdims=True))
+    x = div_by_max(g, jnp.max(jnp.abs(g), axis=(-2, -1), keepdims=True))
     fro = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     return x / (fro + eps)
 
@@ -225,7 +225,7 @@ def _dot(x: jax.Array, y: jax.Array, *, transpose_y: bool = False) -> jax.Array:
     nb = x.ndim - 2
     batch = tuple(range(nb))
     contract = ((nb + 1,), (nb + 1,) if transpose_y else (nb,))
-    acc = jnp.promote_types(x.dtype, jnp.float32)
+    acc = _compute_dtype(x.dtype)
     return lax.dot_general(
         x,
         y,
@@ -342,7 +342,7 @@ def _iterate_gram(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: s
             inv = safe_div(jnp.ones_like(s4), s4)
             x, y = x * inv, y * jnp.square(inv)
         q = None
-        for a, b, c in schedule[start : start + _RESTART]:
+        for a, b, c in schedule[start : start + _RESTART].tolist():  # Python floats: weak types
             r = y if q is None else mm(q, mm(y, q))
             h = a * eye + b * r + (c * _sym_gram(r, mm_dtype).astype(work) if quintic else 0.0)
             q = h if q is None else mm(h, q)

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from normtx._numerics import compute_dtype, safe_div
+from normtx._numerics import compute_dtype, div_by_max, safe_div
 
 __all__ = ["INVERSE_ROOT_METHODS", "InversePthRootInfo", "inverse_pth_root", "inverse_root_polar"]
 
@@ -279,7 +279,7 @@ def inverse_root_polar(g: jax.Array, *, ridge: float = 1e-6, max_iters: int = 10
             f"inverse_root_polar: expected float matrices (..., m, n), got {g.shape} {g.dtype}."
         )
     x = g.astype(compute_dtype(g.dtype))
-    x = safe_div(x, jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))
+    x = div_by_max(x, jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))
     xt = jnp.swapaxes(x, -1, -2)
     if x.shape[-2] <= x.shape[-1]:
         return _matmul(inverse_pth_root(_matmul(x, xt), 2, ridge=ridge, max_iters=max_iters), x)

@@ -29,7 +29,7 @@ import operator
 import jax
 import jax.numpy as jnp
 
-from normtx._numerics import compute_dtype, safe_div
+from normtx._numerics import compute_dtype, div_by_max
 from normtx.linalg.svd import thresholded_svd
 
 __all__ = ["sketch_polar"]
@@ -109,7 +109,7 @@ def sketch_polar(
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _sketch_polar(g: jax.Array, key: jax.Array, k: int, p: int, q: int) -> jax.Array:
     x = g.astype(compute_dtype(g.dtype))
-    x = safe_div(x, jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))  # scale free, 0 -> 0
+    x = div_by_max(x, jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))  # scale free, 0 -> 0
     m, n = x.shape[-2:]
     width = min(k + p, m, n)
     omega = jax.random.normal(key, (*x.shape[:-2], n, width), x.dtype)

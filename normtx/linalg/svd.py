@@ -1,7 +1,7 @@
 """Exact, batched SVD-based pieces: singular values and the polar factor ``U Vᵀ``.
 
 Both pre-scale each matrix by its largest entry (the directions are scale invariant and the
-singular values are positively homogeneous), so float32 inputs of size 1e-30 or 1e30 neither
+singular values are positively homogeneous), so float32 inputs of size 1e-30 or 1e38 neither
 underflow nor overflow. Singular values below ``max(m, n) · eps · σ_max`` are treated as zero:
 the polar factor of a rank-deficient matrix is ``U diag(σ > tol) Vᵀ`` (the minimum-norm choice
 among the maximisers of anthology Prop. 4, and what Newton–Schulz converges to), and the polar
@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from normtx._numerics import compute_dtype, safe_div
+from normtx._numerics import compute_dtype, div_by_max
 
 __all__ = ["singular_values", "svd_polar", "thresholded_svd"]
 
@@ -21,7 +21,7 @@ __all__ = ["singular_values", "svd_polar", "thresholded_svd"]
 def _scaled(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     g = g.astype(compute_dtype(g.dtype))
     m = jnp.max(jnp.abs(g), axis=(-2, -1), keepdims=True)
-    return safe_div(g, m), m[..., 0]
+    return div_by_max(g, m), m[..., 0]
 
 
 def singular_values(g: jax.Array) -> jax.Array:

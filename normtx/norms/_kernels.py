@@ -1,9 +1,10 @@
 """Overflow- and underflow-safe ℓp kernels shared by every norm.
 
-Each reduction group is first divided by its largest magnitude, so gradients of size 1e-30 or
-1e30 in float32 give the same directions as gradients of size 1 (squares of 1e-30 underflow to 0
-and squares of 1e30 overflow to inf; scaled values never do). All functions take arrays already in
-the compute dtype (float32 or wider) and reduce over one axis.
+Each reduction group is first divided by its largest magnitude (``normtx._numerics.div_by_max``,
+safe up to the float maximum), so gradients of size 1e-30 or 1e38 in float32 give the same
+directions as gradients of size 1 (squares of 1e-30 underflow to 0 and squares of 1e30 overflow to
+inf; scaled values never do). All functions take arrays already in the compute dtype (float32 or
+wider) and reduce over one axis.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from normtx._numerics import safe_div
+from normtx._numerics import div_by_max, safe_div
 
 __all__ = ["dual_exponent", "lmo", "pnorm", "validate_p"]
 
@@ -53,7 +54,7 @@ def pnorm(x: jax.Array, p: float, axis: int = -1) -> jax.Array:
     """‖x‖_p over ``axis``, safe against overflow and underflow."""
     a = jnp.abs(x)
     m = jnp.max(a, axis=axis, keepdims=True)
-    return jnp.squeeze(m, axis) * _unit_pnorm(safe_div(a, m), p, axis)
+    return jnp.squeeze(m, axis) * _unit_pnorm(div_by_max(a, m), p, axis)
 
 
 def lmo(x: jax.Array, p: float, axis: int = -1) -> jax.Array:
@@ -71,7 +72,7 @@ def lmo(x: jax.Array, p: float, axis: int = -1) -> jax.Array:
         iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim)
         return jnp.where(iota == idx, jnp.sign(x), 0).astype(x.dtype)
     q = dual_exponent(p)
-    u = safe_div(a, jnp.max(a, axis=axis, keepdims=True))
+    u = div_by_max(a, jnp.max(a, axis=axis, keepdims=True))
     r = safe_div(u, jnp.expand_dims(_unit_pnorm(u, q, axis), axis))
     if p == 2:
         return jnp.sign(x) * r

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from normtx._matrices import map_matrices
-from normtx._numerics import compute_dtype
+from normtx._numerics import compute_dtype, sum_widest, widest_float
 from normtx._pytree import broadcast_to_leaves, describe_leaf
 from normtx._sharding import check_mesh
 from normtx.linalg import polar
@@ -132,16 +132,16 @@ class Modular:
 
     def norm(self, tree: Any) -> jax.Array:
         """``max_l s_l N_l(W_l)`` (eq. 31); 0 for a tree without normed leaves."""
-        vals = [s * n.norm(x) for _, x, n, s in self.resolve(tree) if n is not None]
-        return jnp.max(jnp.stack(vals)) if vals else jnp.zeros((), jnp.float32)
+        vals = [(n.norm(x), s) for _, x, n, s in self.resolve(tree) if n is not None]
+        vals = [_like(s, v) * v for v, s in vals]
+        dtype = widest_float(*(v.dtype for v in vals))
+        return jnp.max(jnp.stack([v.astype(dtype) for v in vals])) if vals else jnp.zeros((), dtype)
 
     def dual_norm(self, tree: Any) -> jax.Array:
         """``Σ_l N_l†(G_l) / s_l`` (eq. 56 without the 1/λ)."""
         entries = [(p, x, n, s) for p, x, n, s in self.resolve(tree) if n is not None]
         duals = self.leaf_dual_norms([e[:3] for e in entries])
-        return sum(
-            (d / e[3] for d, e in zip(duals, entries, strict=True)), jnp.zeros((), jnp.float32)
-        )
+        return sum_widest(d / _like(e[3], d) for d, e in zip(duals, entries, strict=True))
 
     def leaf_dual_norms(self, entries: Sequence[tuple[str, jax.Array, Norm]]) -> list[jax.Array]:
         """``N_l†(x_l)`` for ``(path, x, norm)`` entries (rows of ``resolve``, or other arrays of
@@ -200,9 +200,14 @@ class Modular:
                 d = jnp.sum(_compute(g) * t)
             else:
                 d, t = n.dual_and_dualize(g, path)
-            duals.append(d / s)
-            directions.append(t / s)
+            duals.append(d / _like(s, d))
+            directions.append(t / _like(s, t))
         return duals, directions
+
+
+def _like(s: Any, x: jax.Array) -> jax.Array:
+    """The scale ``s`` in ``x``'s dtype: a float64 array scale does not promote ``x``."""
+    return jnp.asarray(s).astype(x.dtype)
 
 
 def _compute(x: jax.Array) -> jax.Array:

@@ -49,10 +49,16 @@ def check_positive(name: str, value: Any, what: str, *, allow_zero: bool = False
         raise ValueError(f"{what}: {name} must be a number, an array or a schedule, got {value!r}.")
 
 
-def value_at(value: float | jax.Array | optax.Schedule | Callable, count: jax.Array) -> jax.Array:
-    """A hyperparameter's value at step ``count`` (calls it if it is a schedule), as float32+."""
+def value_at(
+    value: float | jax.Array | optax.Schedule | Callable, count: jax.Array, dtype: Any
+) -> jax.Array:
+    """A hyperparameter's value at step ``count`` (calls it if it is a schedule) in ``dtype``.
+
+    The caller names the dtype of the computation the value enters (an explicit cast, not an
+    implicit promotion: a float64 schedule does not turn float32 arithmetic into float64).
+    """
     v = value(count) if callable(value) else value
-    return jnp.asarray(v, jnp.promote_types(jnp.result_type(v), jnp.float32))
+    return jnp.asarray(v).astype(dtype)
 
 
 def check_static(name: str, value: Any, what: str, *, arrays: bool = False) -> None:

@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
+from normtx._numerics import sum_widest
 from normtx.norms.tree import Modular, NormSpec, as_modular
 from normtx.transforms._common import check_choice, check_positive, value_at
 
@@ -72,6 +73,7 @@ class ScaleByDualNormState(NamedTuple):
     """State of ``scale_by_dual_norm``."""
 
     count: jax.Array  # int32 scalar: updates applied so far (the argument of a sharpness schedule)
+    dual_norm: jax.Array  # float32 scalar: Σ_l N_l†(G_l)/s_l of the last update (a diagnostic)
 
 
 def scale_by_dual_norm(
@@ -100,7 +102,9 @@ def scale_by_dual_norm(
 
     Returns:
       An ``optax.GradientTransformation`` returning a descent direction (end the chain with
-      ``optax.scale_by_learning_rate``, or ``optax.scale(-1.0)`` for the pure Prop. 1 step).
+      ``optax.scale_by_learning_rate``, or ``optax.scale(-1.0)`` for the pure Prop. 1 step). Its
+      state ``ScaleByDualNormState`` keeps the last update's dual norm ``Σ_l N_l†(G_l)/s_l`` for
+      logging (``normtx.diagnostics``).
 
     Example::
 
@@ -116,19 +120,26 @@ def scale_by_dual_norm(
 
     def init_fn(params):
         mod.resolve(params, "scale_by_dual_norm")
-        return ScaleByDualNormState(count=jnp.zeros([], jnp.int32))
+        return ScaleByDualNormState(
+            count=jnp.zeros([], jnp.int32), dual_norm=jnp.zeros([], jnp.float32)
+        )
 
     def update_fn(updates, state, params=None):
         del params
-        lam = value_at(sharpness, state.count)
         duals, directions = mod.duals_and_directions(updates, "scale_by_dual_norm")
+        total = sum_widest(d for d in duals if d is not None)
         if scope == "tree":
-            eta = sum((d for d in duals if d is not None), jnp.zeros((), jnp.float32)) / lam
+            eta = total / value_at(sharpness, state.count, total.dtype)
             etas = [eta] * len(duals)
         else:
-            etas = [None if d is None else d / lam for d in duals]
+            etas = [
+                None if d is None else d / value_at(sharpness, state.count, d.dtype) for d in duals
+            ]
         new_updates = _assemble(updates, directions, etas)
-        return new_updates, ScaleByDualNormState(count=optax.safe_increment(state.count))
+        new_state = ScaleByDualNormState(
+            count=optax.safe_increment(state.count), dual_norm=total.astype(jnp.float32)
+        )
+        return new_updates, new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from normtx._numerics import compute_dtype, safe_div
+from normtx._numerics import compute_dtype, div_by_max, one_minus_power, safe_div, widest_float
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx.norms.tree import Modular, NormSpec, as_modular
 from normtx.norms.vector import linf
@@ -119,7 +119,10 @@ def escape_velocity_lr(
     non-finite quotient denominator — leaves η unchanged; nothing here divides 0 by 0, so zero,
     1e-30 or 1e30 gradients never give NaN. Without EMAs the quotients are computed on
     ``g / max|g|`` (and the cosine on ``a / max|a|`` too), which leaves them unchanged and keeps
-    extreme gradients in floating-point range.
+    extreme gradients in floating-point range. A non-finite gradient leaves η unchanged too, and
+    with EMAs ``r_t`` and ``s_t`` skip it (else they would keep it for ever and freeze η); the
+    state's ``numerator``/``denominator`` (or the update itself) still show it, so
+    ``normtx.diagnostics`` reports the step.
 
     Leaves whose norm is ``None`` take the update ``η_t · direction(g_t)`` but are outside the
     normed space: they do not enter ``<g, a>``, the dual norm or the cosine.
@@ -314,21 +317,28 @@ def _escape_velocity(
         else:
             w_r, w_s = (jnp.asarray(w, eta.dtype) for w in ema_weights(eta, count))
             num = beta3 * state.numerator + w_r * _vdot(gs, diffs, eta.dtype)
-            s_leaves = jax.tree_util.tree_leaves(grad_sum)
+            old_s = jax.tree_util.tree_leaves(grad_sum)
             s_leaves = [
                 (beta3 * _compute(s) + w_s * _compute(g)).astype(s.dtype)
-                for s, g in zip(s_leaves, g_leaves, strict=True)
+                for s, g in zip(old_s, g_leaves, strict=True)
             ]
-            grad_sum = jax.tree_util.tree_unflatten(treedef, s_leaves)
             den = _dual(mod, entries, [_compute(s_leaves[i]) for i in normed], eta.dtype)
             cand = coef * num / jnp.where(den > 0, den, 1)
+            # A non-finite step would stay in r_t and s_t for ever (and freeze η): the EMAs skip it,
+            # and the state's denominator records it.
+            ok = jnp.isfinite(num) & jnp.isfinite(den)
+            s_leaves = [jnp.where(ok, s, s0) for s, s0 in zip(s_leaves, old_s, strict=True)]
+            grad_sum = jax.tree_util.tree_unflatten(treedef, s_leaves)
+            num = jnp.where(ok, num, state.numerator)
 
         new_eta = _next_eta(eta, cand, den, init_lr, monotone, max_growth)
         # The rule reads only g and the weights, so the direction may also see η_{t+1}.
         step = _Step(eta=eta, next_eta=new_eta, count=count)
         dirs, dir_state = direction.update(updates, state.direction, params, step)
         new_updates = jax.tree.map(
-            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * d).astype(g.dtype), dirs, updates
+            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * _compute(d)).astype(g.dtype),
+            dirs,
+            updates,
         )
         new_anchor = state.anchor
         if anchor == "previous":
@@ -349,7 +359,7 @@ def _escape_velocity(
 
 def _next_eta(eta, cand, den, init_lr, monotone, max_growth):
     """η_{t+1} from the candidate: unchanged without information, then max/floor, then the cap."""
-    informative = (den > 0) & jnp.isfinite(cand)
+    informative = (den > 0) & jnp.isfinite(den) & jnp.isfinite(cand)
     cand = jnp.where(informative, cand, eta).astype(eta.dtype)
     floor = eta if monotone else jnp.asarray(init_lr, eta.dtype)
     new_eta = jnp.maximum(floor, cand)
@@ -370,7 +380,7 @@ def _scalar_dtype(params) -> jnp.dtype:
     """Scalars (η, quotients) in the widest floating parameter dtype, at least float32."""
     dtypes = [jnp.result_type(p) for p in jax.tree_util.tree_leaves(params)]
     floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
-    return compute_dtype(jnp.result_type(*floats) if floats else jnp.float32)
+    return widest_float(*floats)
 
 
 def _compute(x: jax.Array) -> jax.Array:
@@ -387,7 +397,7 @@ def _unit_scaled(xs: list[jax.Array]) -> list[jax.Array]:
     if not xs:
         return xs
     m = _absmax(xs)
-    return [safe_div(x, m.astype(x.dtype)) for x in xs]
+    return [div_by_max(x, m.astype(x.dtype)) for x in xs]
 
 
 def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype) -> jax.Array:
@@ -407,7 +417,7 @@ def _dual(mod: Modular, entries: list, xs: list[jax.Array], dtype) -> jax.Array:
 
 def _cosine_terms(gs: list[jax.Array], diffs: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     """``(<ĝ, â>, ‖ĝ‖₂‖â‖₂)`` with ``ĝ = g/max|g|`` and ``â = a/max|a|``: cos θ is their ratio."""
-    dtype = jnp.result_type(jnp.float32, *gs) if gs else jnp.float32
+    dtype = widest_float(*(g.dtype for g in gs))
     gh, ah = _unit_scaled(gs), _unit_scaled(diffs)
     num = _vdot(gh, ah, dtype)
     den = jnp.sqrt(_vdot(gh, gh, dtype)) * jnp.sqrt(_vdot(ah, ah, dtype))
@@ -483,11 +493,12 @@ def prodigy_step(
         if not bias_correction:
             return jnp.ones([], dtype)
         k = count + 1
-        return jnp.asarray(((1 - b2**k) ** 0.5) / (1 - b1**k), dtype)
+        return jnp.sqrt(one_minus_power(b2, k, dtype)) / one_minus_power(b1, k, dtype)
 
     def ema_weights(eta, count):
         dlr = jnp.asarray(
-            eta * value_at(learning_rate, count) * correction(count, eta.dtype), eta.dtype
+            eta * value_at(learning_rate, count, eta.dtype) * correction(count, eta.dtype),
+            eta.dtype,
         )
         ratio = eta / jnp.asarray(estim_lr0, eta.dtype)
         return ratio * dlr, ratio * (eta if safeguard_warmup else dlr)

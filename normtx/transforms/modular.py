@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from normtx import roles as roles_lib
+from normtx._numerics import sum_widest
 from normtx.norms.base import Norm
 from normtx.norms.tree import Modular
 from normtx.transforms._common import check_choice, check_positive, value_at
@@ -205,10 +206,10 @@ def modular_step(
 
     def update_fn(updates, state, params=None):
         del params
-        lam = value_at(sharpness, state.count)
         scales_l = [s for _, _, _, s in mod.resolve(updates, what)]
         duals, directions = mod.duals_and_directions(updates, what)
-        eta = sum((d for d in duals if d is not None), jnp.zeros((), jnp.float32)) / lam
+        total = sum_widest(d for d in duals if d is not None)
+        eta = total / value_at(sharpness, state.count, total.dtype)
         etas = [eta] * len(duals) if step == "dual_norm" else None
         raw = [
             jnp.zeros([], jnp.float32) if d is None else (d * s).astype(jnp.float32)

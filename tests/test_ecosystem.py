@@ -1,8 +1,8 @@
 """Every normtx transform is a good optax citizen (non-negotiable 6).
 
 For each transform: the state is a pytree of arrays (``jax.eval_shape`` of ``init`` works), it
-checkpoints with orbax and resumes bit-for-bit, ``optax.apply_if_finite`` skips a NaN step without
-corrupting the state, and ``optax.MultiSteps`` and ``optax.masked`` compose with it under jit.
+checkpoints with orbax and resumes bit-for-bit, and ``optax.MultiSteps`` and ``optax.masked``
+compose with it under jit (``optax.apply_if_finite``: ``tests/test_reliability.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import registry
 
 
 def _run(tx, state, params, steps, start=0):
-    update = jax.jit(tx.update)
+    update = jax.jit(tx.update, compiler_options=registry.FAST_COMPILE)
     for i in range(start, start + steps):
         updates, state = update(registry.grads(i), state, params)
         params = optax.apply_updates(params, updates)
@@ -54,28 +54,6 @@ def test_state_is_arrays_and_checkpoints_with_orbax(name, tmp_path):
     resumed = _run(tx, restored["opt_state"], restored["params"], 2, start=2)
     chex.assert_trees_all_equal(resumed, uninterrupted)
     chex.assert_tree_all_finite(resumed)
-
-
-@pytest.mark.parametrize("name", list(registry.TRANSFORMS))
-def test_apply_if_finite_skips_a_nan_step_without_corrupting_state(name):
-    tx = registry.TRANSFORMS[name]()
-    guarded = optax.apply_if_finite(tx, max_consecutive_errors=3)
-    params = registry.params()
-    p_ref, s_ref = _run(tx, tx.init(params), params, 1)
-
-    update = jax.jit(guarded.update)
-    state = guarded.init(params)
-    u, state = update(registry.grads(0), state, params)
-    p = optax.apply_updates(params, u)
-    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), registry.grads(1))
-    u, state = update(bad, state, p)
-    chex.assert_trees_all_equal(u, jax.tree.map(jnp.zeros_like, u))
-    assert int(state.notfinite_count) == 1
-    chex.assert_trees_all_equal(state.inner_state, s_ref)  # the bad step left no trace
-
-    u, state = update(registry.grads(1), state, p)
-    p_next = optax.apply_updates(p, u)
-    chex.assert_trees_all_close(p_next, _run(tx, s_ref, p_ref, 1, start=1)[0], rtol=1e-6)
 
 
 def _dyadic_grads(seed, k):

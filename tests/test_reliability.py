@@ -5,7 +5,8 @@ the whole tree and in a single entry, in float32 and bfloat16, under ``jit``: on
 per (transform, dtype) runs the whole matrix (the bad gradients are a batch, ``vmap``-ed).
 
 - Inside ``optax.apply_if_finite`` a NaN/Inf step returns zero updates and leaves the inner state
-  bit for bit as it was, so training continues as if the step had not happened.
+  bit for bit as it was, so training continues as if the step had not happened (the next step
+  is the uninterrupted run's).
 - Without it nothing raises, and ``normtx.diagnostics(state, updates)['finite']`` reports it.
 - Finite extremes give finite updates and states, with or without the guard, except where the
   exact result is out of range: transforms that keep squared gradients (Adam moments,
@@ -72,13 +73,6 @@ def _bad(grads, value, where):
     return {**grads, "Dense_1": {**grads["Dense_1"], "kernel": k.at[0, 0].set(value)}}
 
 
-# Compile time is the cost of these tests (one update per transform and dtype). XLA:CPU's older
-# fusion code generator without LLVM optimisation compiles them 3-4x faster; IEEE semantics (what
-# these tests check: NaN, Inf, overflow, bitwise untouched state) do not depend on either choice,
-# and XLA:CPU never enables fast-math unless asked.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
 @functools.cache
 def _matrix(name: str, dtype: str):
     """One compiled update: every bad gradient, batched, with and without the guard.
@@ -102,7 +96,7 @@ def _matrix(name: str, dtype: str):
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), *bad, *bad)
     counts = jnp.asarray([0] * len(bad) + [limit] * len(bad), jnp.int32)
 
-    @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+    @functools.partial(jax.jit, compiler_options=registry.FAST_COMPILE)
     def run(batch, counts, gstate, params):
         def one(g, count):
             return guarded.update(g, gstate._replace(notfinite_count=count), params)
@@ -193,7 +187,7 @@ def test_accumulated_statistics_skip_a_nonfinite_step_and_training_recovers(name
     make, fields, exact = GUARDED[name]
     tx = make()
     params = registry.params()
-    update = jax.jit(tx.update, compiler_options=_FAST_COMPILE)
+    update = jax.jit(tx.update, compiler_options=registry.FAST_COMPILE)
     u, state = update(registry.grads(0), tx.init(params), params)
     params = optax.apply_updates(params, u)
     for value in NONFINITE:
@@ -216,7 +210,9 @@ def test_diagnostics_collects_every_scalar_by_path_under_jit():
     tx = optax.apply_if_finite(registry.TRANSFORMS["modular_descent(escape_velocity)"](), 3)
     params = registry.params()
     state = tx.init(params)
-    u, state = jax.jit(tx.update, compiler_options=_FAST_COMPILE)(registry.grads(0), state, params)
+    u, state = jax.jit(tx.update, compiler_options=registry.FAST_COMPILE)(
+        registry.grads(0), state, params
+    )
     report = jax.jit(normtx.diagnostics)(state, u)
     scalars = {path: leaf for path, leaf in flatten_with_paths(state)[0] if leaf.ndim == 0}
     assert set(report) == set(scalars) | {"finite"}
@@ -357,9 +353,9 @@ def test_bfloat16_dual_norms_reduce_in_float32(name):
     norm, (_, dual, direction) = BF16_NORMS[name]
     g = jnp.asarray(np.random.default_rng(0).standard_normal((64, 48)), jnp.bfloat16)
     g64 = np.asarray(g, np.float64)
-    d, t = jax.jit(lambda g: (norm.dual_norm(g), norm.dualize(g)), compiler_options=_FAST_COMPILE)(
-        g
-    )
+    d, t = jax.jit(
+        lambda g: (norm.dual_norm(g), norm.dualize(g)), compiler_options=registry.FAST_COMPILE
+    )(g)
     assert d.dtype == jnp.float32
     assert t.dtype == jnp.bfloat16
     np.testing.assert_allclose(float(d), dual(g64), rtol=2e-6)

@@ -203,6 +203,21 @@ def test_accumulated_statistics_skip_a_nonfinite_step_and_training_recovers(name
         assert bool(normtx.diagnostics(after, u)["finite"]), value
 
 
+def test_adam_nmf_ema_target_stays_nonnegative_on_rows_without_gradient():
+    """At t = 1 the EMA weight ``w = (1-β₂)/(1-β₂ᵗ)`` is 1; rounded above 1 in float32 it made the
+    EM target ``(1-w) A B + w G²`` negative on rows without gradient (an embedding's unseen
+    tokens): negative factors and NaN updates, which a NaN-hiding division turned into zeros.
+    """
+    g = np.random.default_rng(3).standard_normal((12, 8)).astype(np.float32)
+    g[:6] = 0.0
+    tx = adaptive.scale_by_adam_nmf(rank=1, key=jax.random.key(0), b1=0.9, b2=0.999)
+    u, state = jax.jit(tx.update, compiler_options=registry.FAST_COMPILE)(g, tx.init(g))
+    assert float(jnp.min(state.a)) > 0
+    assert float(jnp.min(state.b)) > 0
+    chex.assert_tree_all_finite(u)
+    np.testing.assert_array_equal(np.asarray(u)[:6], 0.0)
+
+
 # ---- diagnostics ----------------------------------------------------------------------------------
 
 

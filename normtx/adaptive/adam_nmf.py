@@ -232,7 +232,10 @@ def scale_by_adam_nmf(
                 check_state_shape(what, path, g, b, (batch, rank, n), "factor B")
             g32 = g.astype(compute_dtype(g.dtype))
             t = count.astype(g32.dtype)  # bias corrections in the leaf's compute dtype
-            w = (1 - b2) / (1 - b2**t) if ema else 1.0  # weight of the new G² in the EM target
+            # The weight of the new G² in the EM target; <= 1 in exact arithmetic, but 1 - b2**t
+            # cancels in float32 (w = 1 + 1.3e-5 at t = 1 for b2 = 0.999), which made the target
+            # (1 - w) A B + w C negative where C ~ 0: negative factors, NaN updates.
+            w = jnp.minimum((1 - b2) / (1 - b2**t), 1) if ema else 1.0
             num = g32
             if b1 is not None:
                 mu = b1 * mu + (1 - b1) * g32

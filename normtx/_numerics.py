@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -12,7 +10,6 @@ __all__ = [
     "compute_dtype",
     "div_by_max",
     "finite_matrices",
-    "one_minus_power",
     "safe_div",
     "sum_widest",
     "widest_float",
@@ -85,14 +82,3 @@ def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
     h = e // 2
     y = x * _pow2(-h, x.dtype) * _pow2(h - e, x.dtype)
     return jnp.where(jnp.isfinite(m), safe_div(y, f), jnp.nan)
-
-
-def one_minus_power(b: float, k: jax.Array, dtype) -> jax.Array:
-    """``1 - b^k`` (a bias correction) for a Python float ``0 <= b < 1`` and integers ``k >= 1``.
-
-    As ``-expm1(k · log b)`` with ``log b`` taken in double precision: accurate to the rounding of
-    ``dtype``, where ``1 - b**k`` computed in float32 loses digits to cancellation (and to ``b``
-    itself: float32(0.999) is off by 1.3e-5 relative to 1 - 0.999).
-    """
-    log_b = math.log(b) if b > 0 else -math.inf
-    return -jnp.expm1(k.astype(dtype) * log_b)

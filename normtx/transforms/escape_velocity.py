@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from normtx._numerics import compute_dtype, div_by_max, one_minus_power, safe_div, widest_float
+from normtx._numerics import compute_dtype, div_by_max, safe_div, widest_float
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx.norms.tree import Modular, NormSpec, as_modular
 from normtx.norms.vector import linf
@@ -492,8 +492,10 @@ def prodigy_step(
     def correction(count, dtype):
         if not bias_correction:
             return jnp.ones([], dtype)
-        k = count + 1
-        return jnp.sqrt(one_minus_power(b2, k, dtype)) / one_minus_power(b1, k, dtype)
+        # In the default float dtype (float64 under x64), as optax's ``decay**count``: float32
+        # cancellation in 1 - b2**k would move the trajectory away from optax.contrib.prodigy's.
+        k = (count + 1).astype(jnp.result_type(float))
+        return (jnp.sqrt(1 - b2**k) / (1 - b1**k)).astype(dtype)
 
     def ema_weights(eta, count):
         dlr = jnp.asarray(

@@ -17,12 +17,18 @@ norm that normtx gives embeddings assumes (anthology Prop. 8 and epilogue).
 Prints the table, writes ``benchmarks/results/lr_transfer.json`` and ``lr_transfer.png`` (loss
 against LR, one curve per width, one panel per optimizer).
 
-    python -m benchmarks.bench_lr_transfer [--quick] [--out DIR]
+    python -m benchmarks.bench_lr_transfer [--quick] [--out DIR] [--resume]
+
+``--resume`` keeps the sweeps already in ``DIR/lr_transfer.json`` whose settings (all but the
+widths) match, and runs only the missing (optimizer, width) pairs: a long run that was stopped, or
+one made before a width was added, is completed rather than repeated.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,12 +101,12 @@ def sweep_to_interior(task, make, lrs, *, name: str, extensions: int, **kw):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, resumable=True)
     s = QUICK if args.quick else FULL
     makers = factories(s["steps"])
     kw = {"steps": s["steps"], "batch_size": s["batch_size"], "eval_every": s["steps"]}
     payload: dict = {}
-    curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    curves = _previous(args.out / "lr_transfer.json", s) if args.resume else {}
     for width in s["widths"]:
         for std in s["embed_stds"]:
             cfg = charlm.Config(
@@ -113,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             task = charlm.task(cfg, eval_windows=s["eval_windows"])
             for name, make in makers.items():
                 key = name if std is None else f"{name}, embed std {std:g}"
+                if width in curves.get(key, {}):
+                    continue
                 curves.setdefault(key, {})[width] = sweep_to_interior(
                     task,
                     make,
@@ -131,6 +139,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bound = " (at least: a best LR lies on its grid's edge)" if payload["edge"][name] else ""
         print(f"{name}: best LR moves by {d:.3g}x across widths{bound}")
     return payload
+
+
+def _previous(path: pathlib.Path, s: dict) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """The sweeps recorded in ``path`` if its settings other than the widths equal ``s``'s."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    ours = json.loads(json.dumps(s))  # tuples -> lists, as stored
+    if {k: v for k, v in old["settings"].items() if k != "widths"} != {
+        k: v for k, v in ours.items() if k != "widths"
+    }:
+        print(f"--resume: the settings in {path} differ; starting afresh")
+        return {}
+    return {
+        name: {
+            int(w): [(p["lr"], math.inf if p["val_loss"] is None else p["val_loss"]) for p in pts]
+            for w, pts in per_width.items()
+            if int(w) in s["widths"]
+        }
+        for name, per_width in old["losses"].items()
+    }
 
 
 def _report(s: dict, curves: dict, *, complete: bool) -> dict:

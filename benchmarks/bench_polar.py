@@ -23,7 +23,6 @@ writes ``DIR/polar.json`` and ``DIR/polar.png`` (default ``benchmarks/results``)
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ from optax.contrib import _muon
 
 import normtx
 
-from benchmarks.common import format_table, parse_args, write_json
+from benchmarks.common import format_table, median_times, parse_args, write_json
 
 MUON = (3.4445, -4.7750, 2.0315)
 FULL = {
@@ -80,22 +79,6 @@ def accuracy(x, g: np.ndarray) -> dict[str, float]:
         "sigma_min": float(s.min()),
         "sigma_max": float(s.max()),
     }
-
-
-# ---- timing -------------------------------------------------------------------------------------
-
-
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, compiled first and then called in turn."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 # ---- the methods --------------------------------------------------------------------------------
@@ -165,8 +148,11 @@ def bench_matrix(m: int, n: int, family: str, cfg: dict, rng) -> tuple[list[dict
             name = f"normtx polar_express{tag} x{k}"
             methods.setdefault(name, ("polar_express", k, _ns(k, **options)))
             to_target.append(name)
-    times = interleaved_medians(
-        {k: (lambda f=f: f(x)) for k, (_, _, f) in methods.items()}, cfg["repeats"]
+    print(f"{m}x{n} ({family}): timing {len(methods)} methods", flush=True)
+    times = median_times(
+        {k: (lambda f=f: f(x)) for k, (_, _, f) in methods.items()},
+        repeats=cfg["repeats"],
+        warmup=1,
     )
     rows = []
     for name, (schedule, steps, fn) in methods.items():
@@ -222,8 +208,11 @@ def bench_tree(n_leaves: int, d: int, cfg: dict, rng) -> tuple[list[dict], dict]
     if cfg["extras"]:
         methods["normtx muon batched"] = ("muon", True, transform("muon", True))
         methods["normtx muon per-leaf"] = ("muon", False, transform("muon", False))
-    times = interleaved_medians(
-        {k: (lambda f=f: f(tree)) for k, (_, _, f) in methods.items()}, cfg["repeats"]
+    print(f"tree {n_leaves}x{d}x{d}: timing {len(methods)} methods", flush=True)
+    times = median_times(
+        {k: (lambda f=f: f(tree)) for k, (_, _, f) in methods.items()},
+        repeats=cfg["repeats"],
+        warmup=1,
     )
     rows = []
     for name, (schedule, batched, fn) in methods.items():

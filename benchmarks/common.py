@@ -36,13 +36,23 @@ __all__ = [
 
 
 def parse_args(
-    description: str, argv: Sequence[str] | None = None, *, out: pathlib.Path = RESULTS
+    description: str,
+    argv: Sequence[str] | None = None,
+    *,
+    out: pathlib.Path = RESULTS,
+    resumable: bool = False,
 ) -> argparse.Namespace:
-    """``--quick`` (small settings for CI smoke tests) and ``--out`` (results folder, default
-    ``out``)."""
+    """``--quick`` (small settings for CI smoke tests), ``--out`` (results folder, default
+    ``out``) and, for ``resumable`` benchmarks, ``--resume`` (keep what ``--out`` already holds)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small settings (CI smoke test)")
     parser.add_argument("--out", type=pathlib.Path, default=out, help="results folder")
+    if resumable:
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="reuse the results already in --out that were run with the same settings",
+        )
     return parser.parse_args(argv)
 
 

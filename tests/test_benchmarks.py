@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import jax
 import pytest
@@ -54,7 +55,7 @@ def test_bench_train_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_lr_transfer_quick(tmp_path):
+def test_bench_lr_transfer_quick(tmp_path, monkeypatch):
     bench_lr_transfer.main(["--quick", "--out", str(tmp_path)])
     payload = _load(tmp_path, "lr_transfer")
     widths = payload["settings"]["widths"]
@@ -62,6 +63,27 @@ def test_bench_lr_transfer_quick(tmp_path):
         (name, w) for name in payload["drift"] for w in widths
     }
     assert all(d >= 1.0 for d in payload["drift"].values())
+
+    # --resume keeps every recorded sweep and runs only what is missing: here one (optimizer,
+    # width) pair, deleted from the JSON, is all that a recording stand-in for tr.sweep sees.
+    dropped = ("normtx modular", widths[-1])
+    stored = json.loads((tmp_path / "lr_transfer.json").read_text())
+    del stored["losses"][dropped[0]][str(dropped[1])]
+    (tmp_path / "lr_transfer.json").write_text(json.dumps(stored))
+    asked = []
+
+    def recording_sweep(task, make, lrs, *, name, **kw):
+        asked.append(name)
+        return [types.SimpleNamespace(final_val_loss=float(lr)) for lr in lrs]
+
+    monkeypatch.setattr(train, "sweep", recording_sweep)
+    resumed = bench_lr_transfer.main(["--quick", "--out", str(tmp_path), "--resume"])
+    assert asked
+    assert set(asked) == {f"{dropped[0]} w={dropped[1]}"}
+    for name, per_width in payload["losses"].items():
+        for width, points in per_width.items():
+            if (name, int(width)) != dropped:
+                assert resumed["losses"][name][width] == points
 
 
 @pytest.mark.slow

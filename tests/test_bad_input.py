@@ -306,6 +306,13 @@ CASES = [
         r"do not have the tree structure of the params the state was initialised with "
         r"\(state field 'stats'\). Update paths: \['v'\]",
     ),
+    (
+        "grads_tree_against_modular_partition_state",
+        _update(normtx.modular_norm_partition(), P, {"Dense_0": G["Dense_0"]}),
+        r"modular_norm_partition: the updates do not have the tree structure of the params the "
+        r"state was initialised with \(state field 'dual_norms'\). Update paths: "
+        r"\['Dense_0/bias', 'Dense_0/kernel'\]",
+    ),
     # ---- linear algebra entry points ---------------------------------------------------------
     (
         "non_square_inverse_root",

@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 
 from normtx import roles as roles_lib
 from normtx._numerics import sum_widest
+from normtx._pytree import flatten_state_field
 from normtx.norms.base import Norm
 from normtx.norms.tree import Modular
 from normtx.transforms._common import check_choice, check_positive, value_at
@@ -206,6 +207,9 @@ def modular_step(
 
     def update_fn(updates, state, params=None):
         del params
+        # Roles are read off the updates' paths: updates of another tree would get roles of their
+        # own and a state of their own, silently. They must be the params' tree.
+        flatten_state_field(updates, state.dual_norms, what=what, name="dual_norms")
         scales_l = [s for _, _, _, s in mod.resolve(updates, what)]
         duals, directions = mod.duals_and_directions(updates, what)
         total = sum_widest(d for d in duals if d is not None)

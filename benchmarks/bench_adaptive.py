@@ -33,6 +33,7 @@ import optax
 from normtx.adaptive import scale_by_adam_nmf, scale_by_shampoo
 
 from benchmarks.common import format_table, median_time, parse_args, write_json
+from benchmarks.tasks import train as tr
 
 STEPS_PER_CALL = 10
 
@@ -104,13 +105,6 @@ def timing_rows(shapes, repeats: int) -> list[dict]:
     return [first, *rows]
 
 
-def state_floats(tx: optax.GradientTransformation, params) -> int:
-    shapes = jax.eval_shape(tx.init, params)
-    return sum(
-        math.prod(x.shape) for x in jax.tree.leaves(shapes) if jnp.issubdtype(x.dtype, jnp.floating)
-    )
-
-
 def memory_rows(shapes) -> list[dict]:
     params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
     n = sum(math.prod(s) for s in shapes.values())
@@ -124,7 +118,7 @@ def memory_rows(shapes) -> list[dict]:
     )
     rows = []
     for name, tx in candidates.items():
-        floats = state_floats(tx, params)
+        floats = tr.tree_size(jax.eval_shape(tx.init, params))
         rows.append({"optimizer": name, "state_floats": floats, "floats_per_param": floats / n})
     return rows
 

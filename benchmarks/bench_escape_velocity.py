@@ -12,23 +12,19 @@ steps as a sweep of constant step sizes with the same direction, and reports
 
 It then trains a Flax MLP on scikit-learn's digits with every rule around sign and spectral
 (RMS→RMS) directions, no learning rate tuned, and reports the test accuracies. It prints both
-tables, writes ``benchmarks/results/escape_velocity.json`` (with versions and the device) and a
+tables, writes ``benchmarks/results/escape_velocity.json`` (with the environment) and a
 PNG of η_t per variant. ``--quick`` runs a reduced version in well under a minute.
 
-    .venv/bin/python -m benchmarks.bench_escape_velocity [--quick]
+    .venv/bin/python -m benchmarks.bench_escape_velocity [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import os
-import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,7 +34,9 @@ import optax
 import normtx
 from normtx import norms
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import format_table, parse_args, write_json
+from benchmarks.tasks import digits as digits_task
+
 VARIANTS = [
     {"rule": r, "anchor": a, "monotone": m}
     for r, a, m in itertools.product(("prodigy", "cosine"), ("initial", "previous"), (True, False))
@@ -195,14 +193,11 @@ class MLP(nn.Module):
         return nn.Dense(10)(nn.relu(nn.Dense(self.hidden)(x)))
 
 
-def digits_data(seed: int = 0):
-    """scikit-learn's bundled digits, pixels scaled to [0, 1], a fixed 75/25 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    return train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+def digits_data() -> tuple[np.ndarray, ...]:
+    """``benchmarks.tasks.digits``' fixed split, images flattened to 64 pixels for the MLP."""
+    d = digits_task.load()
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    return flat(d["x_train"]), flat(d["x_test"]), d["y_train"], d["y_test"]
 
 
 def digits_geometry(direction: str):
@@ -263,44 +258,6 @@ def train_digits(direction: str, variant: dict, steps: int, data=None, seed: int
 
 
 # ---- report --------------------------------------------------------------------------------------
-def _versions() -> dict:
-    devices = jax.devices()
-    return {
-        "python": platform.python_version(),
-        "normtx": normtx.__version__,
-        "jax": jax.__version__,
-        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-        "optax": optax.__version__,
-        "flax": flax.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "device": {
-            "backend": jax.default_backend(),
-            "kind": devices[0].device_kind,
-            "count": len(devices),
-            "cpu_count": os.cpu_count(),
-        },
-    }
-
-
-def _fmt(x) -> str:
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.3g}"
-    if x is None:
-        return "-"
-    return str(x)
-
-
-def print_table(rows: list[dict], columns: list[str]) -> None:
-    cells = [[_fmt(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
 def plot_curves(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -326,11 +283,8 @@ def plot_curves(curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, well under a minute")
-    parser.add_argument("--out", type=Path, default=RESULTS / "escape_velocity.json")
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(__doc__.splitlines()[0], argv)
     start = time.perf_counter()
     if args.quick:
         problems, directions, steps, n_lrs = ["rotated"], ["sign"], 100, 25
@@ -347,34 +301,23 @@ def main(argv=None) -> dict:
 
     rows, curves = quadratic_table(problems, directions, steps, n_lrs)
     print(f"\nQuadratics, {steps} steps from init_lr = 1e-8 (sweep of {n_lrs} constant steps):")
-    print_table(
+    print(format_table(
         rows,
         ["problem", "direction", "rule", "anchor", "monotone", "final_eta", "best_constant_lr",
          "eta_ratio", "final_loss", "best_constant_loss", "loss_ratio", "min_warmup_growth",
          "max_step_growth"],
-    )  # fmt: skip
+    ))  # fmt: skip
 
     data = digits_data()
     digits = [train_digits(d, v, digits_steps, data) for d, v in digits_runs]
     print(f"\nDigits MLP (64-128-10), {digits_steps} full-batch steps, init_lr = 1e-6, lr = 1:")
-    print_table(
-        digits,
-        [
-            "direction",
-            "rule",
-            "anchor",
-            "monotone",
-            "test_accuracy",
-            "final_train_loss",
-            "final_eta",
-        ],
-    )
+    print(format_table(digits, ["direction", "rule", "anchor", "monotone", "test_accuracy",
+                                "final_train_loss", "final_eta"]))  # fmt: skip
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    png = args.out.with_suffix(".png")
+    png = args.out / "escape_velocity.png"
+    args.out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, png)
     report = {
-        "benchmark": "escape_velocity",
         "quick": bool(args.quick),
         "settings": {
             "steps": steps,
@@ -384,14 +327,13 @@ def main(argv=None) -> dict:
             "directions": directions,
             "digits_steps": digits_steps,
         },
-        "versions": _versions(),
         "quadratic": rows,
         "digits": digits,
         "eta_plot": png.name,
         "seconds": time.perf_counter() - start,
     }
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    print(f"\nwrote {args.out} and {png} in {report['seconds']:.1f} s")
+    path = write_json(args.out, "escape_velocity", report)
+    print(f"\nwrote {path} and {png} in {report['seconds']:.1f} s")
     return report
 
 

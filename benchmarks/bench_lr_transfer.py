@@ -129,10 +129,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     extensions=s["extensions"],
                     **kw,
                 )
-        # Written after every width, so a long run that is stopped leaves its evidence so far.
-        payload = _report(s, curves, complete=width == s["widths"][-1])
-        write_json(args.out, "lr_transfer", payload)
-        _plot(s, curves, args.out / "lr_transfer.png")
+                # Written after every sweep: a long run that is stopped leaves its evidence so
+                # far, and --resume takes it up from there.
+                payload = _report(s, curves)
+                write_json(args.out, "lr_transfer", payload)
+    payload = _report(s, curves)
+    write_json(args.out, "lr_transfer", payload)
+    _plot(s, curves, args.out / "lr_transfer.png")
     print(f"\nLR transfer: widths {s['widths']}, depth {s['depth']}, {s['steps']} steps\n")
     print(format_table(payload["rows"]))
     for name, d in payload["drift"].items():
@@ -162,7 +165,7 @@ def _previous(path: pathlib.Path, s: dict) -> dict[str, dict[int, list[tuple[flo
     }
 
 
-def _report(s: dict, curves: dict, *, complete: bool) -> dict:
+def _report(s: dict, curves: dict) -> dict:
     """Rows (best LR per optimizer and width), the drift, and the raw losses."""
     rows, drift, edge = [], {}, {}
     for name, per_width in curves.items():
@@ -185,7 +188,9 @@ def _report(s: dict, curves: dict, *, complete: bool) -> dict:
         edge[name] = any(r["at_grid_edge"] for r in rows if r["optimizer"] == name)
     return {
         "settings": s,
-        "complete": complete,
+        # every (optimizer, width) pair swept
+        "complete": all(set(per_width) == set(s["widths"]) for per_width in curves.values())
+        and len(curves) == len(s["embed_stds"]) * len(s["lrs"]),
         "corpus_sha256": charlm.corpus()["sha256"],
         "rows": rows,
         "losses": {

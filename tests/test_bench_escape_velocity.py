@@ -57,7 +57,14 @@ def test_quick_benchmark_writes_a_sound_report(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_escape_velocity", "--quick", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_escape_velocity",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -68,18 +75,8 @@ def test_quick_benchmark_writes_a_sound_report(tmp_path):
     assert "final_eta" in proc.stdout
     assert "test_accuracy" in proc.stdout
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert report["benchmark"] == "escape_velocity"
     assert report["quick"] is True
-    assert set(report["versions"]) >= {
-        "python",
-        "jax",
-        "optax",
-        "flax",
-        "numpy",
-        "normtx",
-        "device",
-    }
-    assert set(report["versions"]["device"]) == {"backend", "kind", "count", "cpu_count"}
+    assert set(report["environment"]) >= {"jax", "optax", "normtx", "device_kind", "cpu_count"}
     assert report["settings"]["steps"] > 0
     assert len(report["quadratic"]) == 8  # every rule x anchor x monotone variant
     for row in report["quadratic"]:

@@ -58,6 +58,7 @@ def test_bench_train_quick(tmp_path):
 def test_bench_lr_transfer_quick(tmp_path, monkeypatch):
     bench_lr_transfer.main(["--quick", "--out", str(tmp_path)])
     payload = _load(tmp_path, "lr_transfer")
+    assert payload["complete"]
     widths = payload["settings"]["widths"]
     assert {(r["optimizer"], r["width"]) for r in payload["rows"]} == {
         (name, w) for name in payload["drift"] for w in widths
@@ -80,6 +81,7 @@ def test_bench_lr_transfer_quick(tmp_path, monkeypatch):
     resumed = bench_lr_transfer.main(["--quick", "--out", str(tmp_path), "--resume"])
     assert asked
     assert set(asked) == {f"{dropped[0]} w={dropped[1]}"}
+    assert resumed["complete"]
     for name, per_width in payload["losses"].items():
         for width, points in per_width.items():
             if (name, int(width)) != dropped:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,6 +11,8 @@ import pytest
 
 import normtx
 from normtx import norms
+
+from benchmarks.common import format_table
 
 F32 = jnp.float32
 
@@ -490,18 +488,11 @@ def test_mismatched_trees_are_clear_errors():
 
 
 # ---- the quadratic and digits studies (shared with benchmarks/bench_escape_velocity.py) ---------
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_escape_velocity.py"
-    spec = importlib.util.spec_from_file_location("bench_escape_velocity", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Flax modules (dataclasses) look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _bench()
+    from benchmarks import bench_escape_velocity
+
+    return bench_escape_velocity
 
 
 @pytest.mark.slow
@@ -514,11 +505,11 @@ def test_quadratic_warmup_and_the_best_constant_step(bench):
     rows = []
     for problem, direction in [("isotropic", "sign"), ("rotated", "l2")]:
         rows += bench.quadratic_table([problem], [direction], 200, 61)[0]
-    bench.print_table(
+    print(format_table(
         rows,
         ["problem", "direction", "rule", "anchor", "monotone", "final_eta", "best_constant_lr",
          "eta_ratio", "loss_ratio", "min_warmup_growth", "max_step_growth"],
-    )  # fmt: skip
+    ))  # fmt: skip
 
     # (1) Eq. 30: while cos θ_t > 0.9 the prodigy rule grows η like η_{t+1} = η_t + c η_{t-1}
     # (≥ ×1.5 for c ≥ 0.75) and the cosine rule by 1 + cos θ_t ≥ 1.9.
@@ -557,8 +548,10 @@ def test_digits_mlp_reaches_95_percent_without_a_tuned_learning_rate(bench):
         for direction in ("sign", "spectral")
         for variant in bench.VARIANTS
     ]
-    bench.print_table(
-        rows, ["direction", "rule", "anchor", "monotone", "test_accuracy", "final_eta"]
+    print(
+        format_table(
+            rows, ["direction", "rule", "anchor", "monotone", "test_accuracy", "final_eta"]
+        )
     )
     for direction in ("sign", "spectral"):
         best = max(r["test_accuracy"] for r in rows if r["direction"] == direction)

@@ -145,10 +145,11 @@ class Modular:
 
     def leaf_dual_norms(self, entries: Sequence[tuple[str, jax.Array, Norm]]) -> list[jax.Array]:
         """``N_l†(x_l)`` for ``(path, x, norm)`` entries (rows of ``resolve``, or other arrays of
-        the same leaves): ``norm.dual_norm(x)``, except that under a mesh the polar factors of
-        the spectral family are computed together (the dual read off them, ``<x, dualize(x)>``).
+        the same leaves): ``norm.dual_norm(x)``, except that the polar factors of the spectral
+        family are computed together — same-shape matrices stacked, and under a mesh on their
+        owner devices — and the dual read off them, ``<x, dualize(x)>``.
         """
-        polars = self._polar_directions(entries) if self.mesh is not None else {}
+        polars = self._polar_directions(entries)
         return [
             jnp.sum(_compute(x) * polars[i]) if i in polars else n.dual_norm(x)
             for i, (_, x, n) in enumerate(entries)
@@ -183,12 +184,12 @@ class Modular:
         """Per leaf ``N_l†(G_l)/s_l`` and ``dualize_l(G_l)/s_l`` (compute dtype); ``None``: no norm.
 
         One decomposition per leaf: the dual is read off the direction, ``<G, dualize(G)> = ‖G‖†``.
-        Under a mesh the polar factors of all leaves are computed together (``leaf_dual_norms``).
+        The polar factors of all leaves are computed together (``leaf_dual_norms``): one
+        Newton–Schulz program per matrix shape instead of one per leaf, which is what keeps the
+        compiled train step of a deep model small.
         """
         resolved = self.resolve(tree, what)
-        polars = {}
-        if self.mesh is not None:
-            polars = self._polar_directions([(p, g, n) for p, g, n, _ in resolved])
+        polars = self._polar_directions([(p, g, n) for p, g, n, _ in resolved])
         duals, directions = [], []
         for i, (path, g, n, s) in enumerate(resolved):
             if n is None:

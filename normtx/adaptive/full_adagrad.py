@@ -89,7 +89,10 @@ def scale_by_full_adagrad(
 
     Raises:
       ValueError: at construction for bad hyperparameters; at ``init`` for a non-float leaf or a
-        leaf whose preconditioner would exceed ``max_size`` (naming its path, shape and dtype).
+        leaf whose preconditioner would exceed ``max_size`` (naming its path, shape and dtype); at
+        ``update`` for updates of another tree or another size than the params. The state holds
+        the flattened leaf's statistics only, so an update of the same size but another shape (a
+        transposed kernel) cannot be told apart: pass updates shaped like the params.
 
     Example::
 

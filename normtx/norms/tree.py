@@ -146,8 +146,8 @@ class Modular:
     def leaf_dual_norms(self, entries: Sequence[tuple[str, jax.Array, Norm]]) -> list[jax.Array]:
         """``N_l†(x_l)`` for ``(path, x, norm)`` entries (rows of ``resolve``, or other arrays of
         the same leaves): ``norm.dual_norm(x)``, except that the polar factors of the spectral
-        family are computed together — same-shape matrices stacked, and under a mesh on their
-        owner devices — and the dual read off them, ``<x, dualize(x)>``.
+        family are computed together — same-shape matrices stacked (on CPU only under a mesh),
+        and under a mesh on their owner devices — and the dual read off them, ``<x, dualize(x)>``.
         """
         polars = self._polar_directions(entries)
         return [
@@ -166,7 +166,12 @@ class Modular:
                 dims, method, factors[i] = plan
                 fn = fns.setdefault(method, functools.partial(polar, method=method))
                 items.append((path, _compute(x), dims, fn))
-        outs = map_matrices(items, mesh=self.mesh)
+        # Stacked by shape on accelerators and over a mesh. Without a mesh on CPU, leaf by leaf:
+        # there XLA runs the independent per-leaf iterations concurrently, and a stack runs as a
+        # loop (see ``normtx.linalg.newton_schulz``) — measured on a 6-layer transformer, 2 cores:
+        # 119 ms per update stacked against 101 ms leaf by leaf.
+        batch = self.mesh is not None or jax.default_backend() != "cpu"
+        outs = map_matrices(items, batch=batch, mesh=self.mesh)
         return {i: p / factors[i] for i, p in zip(factors, outs, strict=True)}
 
     def dualize(self, tree: Any) -> Any:
@@ -184,9 +189,8 @@ class Modular:
         """Per leaf ``N_l†(G_l)/s_l`` and ``dualize_l(G_l)/s_l`` (compute dtype); ``None``: no norm.
 
         One decomposition per leaf: the dual is read off the direction, ``<G, dualize(G)> = ‖G‖†``.
-        The polar factors of all leaves are computed together (``leaf_dual_norms``): one
-        Newton–Schulz program per matrix shape instead of one per leaf, which is what keeps the
-        compiled train step of a deep model small.
+        The polar factors of all leaves are computed together (``leaf_dual_norms``): on
+        accelerators and under a mesh one Newton–Schulz program per matrix shape, not per leaf.
         """
         resolved = self.resolve(tree, what)
         polars = self._polar_directions([(p, g, n) for p, g, n, _ in resolved])

@@ -12,9 +12,9 @@ and Adafactor.
    on a transformer-block-shaped tree: AdamNMF at ranks 1, 2, 4, 8 (``(m + n) r`` per matrix),
    ``optax.adam`` (2 per parameter), ``optax.adafactor`` (``m + n`` per matrix) and Shampoo.
 
-It prints both tables and writes ``benchmarks/results/adaptive.json`` with the environment (jax and
-optax versions, device kind, CPU count). ``--quick`` uses small matrices and few repeats (well under
-a minute on 2 cores).
+It prints both tables and writes ``benchmarks/results/adaptive.json`` with the environment (jax
+and optax versions, device kind, CPU count) and ``adaptive.png`` (both as bar charts). ``--quick``
+uses small matrices and few repeats (well under a minute on 2 cores).
 
     .venv/bin/python -m benchmarks.bench_adaptive [--quick] [--out DIR]
 """
@@ -164,7 +164,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "memory": memory,
     }
     path = write_json(args.out, "adaptive", payload)
-    print(f"\nwrote {path}")
+    tr.bar_panels(
+        [
+            (
+                [f"{r['optimizer'].split('.')[-1]} {r['precondition_every']} {r['inverse_root']}"
+                 for r in timing],
+                [r["ratio_to_adam"] for r in timing],
+                "step time / Adam's",
+                True,
+            ),
+            (
+                [r["optimizer"] for r in memory],
+                [r["floats_per_param"] for r in memory],
+                "state floats / param",
+                True,
+            ),
+        ],
+        args.out / "adaptive.png",
+    )  # fmt: skip
+    print(f"\nwrote {path} and {args.out / 'adaptive.png'}")
     assert all(np.isfinite(r["ratio_to_adam"]) for r in timing)
     return payload
 

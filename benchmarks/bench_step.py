@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks.common import format_table, median_times, parse_args, write_json
 from benchmarks.tasks import charlm
@@ -138,17 +137,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def _plot(rows, path) -> None:
     names = [r["optimizer"] for r in rows]
-    fig, axes = tr.subplots(3, width=4.0, height=3.6)
-    for ax, key, label in zip(
-        axes,
-        ("update_ms", "compile_s", "state_floats_per_param"),
-        ("update time (ms)", "train-step compile (s)", "state floats / param"),
-    ):
-        ax.barh(np.arange(len(rows)), [r[key] for r in rows])
-        ax.set_yticks(np.arange(len(rows)), names if ax is axes[0] else [""] * len(rows))
-        ax.set_xlabel(label)
-        ax.invert_yaxis()
-    tr.save_figure(fig, path)
+    tr.bar_panels(
+        [
+            (names, [r["update_ms"] for r in rows], "update time (ms)", True),
+            (names, [r["compile_s"] for r in rows], "train-step compile (s)", False),
+            (names, [r["state_floats_per_param"] for r in rows], "state floats / param", False),
+        ],
+        path,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 def test_bench_adaptive_quick(tmp_path):
     bench_adaptive.main(["--quick", "--out", str(tmp_path)])
     payload = json.loads((tmp_path / "adaptive.json").read_text())
+    assert (tmp_path / "adaptive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     env = payload["environment"]
     for key in ("jax", "optax", "device_kind", "cpu_count", "backend"):
         assert key in env

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 import types
 
 import jax
@@ -129,3 +130,21 @@ def test_muon_rule_is_roles_hidden(tied):
     )
     assert got == hidden
     assert sum(jax.tree.leaves(hidden)) == 2 * 6  # q, k, v, o, fc_in, fc_out per block
+
+
+def test_run_all_runs_every_benchmark_in_its_own_process_and_stops_at_a_failure(monkeypatch):
+    """``make bench``: every ``benchmarks/bench_*.py``, arguments passed on, first failure wins."""
+    from benchmarks import run_all
+
+    on_disk = {p.stem for p in pathlib.Path(run_all.__file__).parent.glob("bench_*.py")}
+    assert set(run_all.BENCHMARKS) == on_disk
+    calls = []
+
+    def fake_call(cmd):
+        calls.append(cmd)
+        return 3 if cmd[2] == "benchmarks.bench_sharding" else 0
+
+    monkeypatch.setattr(run_all.subprocess, "call", fake_call)
+    assert run_all.main(["--quick"]) == 3
+    assert [c[2] for c in calls] == [f"benchmarks.{n}" for n in run_all.BENCHMARKS[:3]]
+    assert all(c[1] == "-m" and c[3:] == ["--quick"] for c in calls)

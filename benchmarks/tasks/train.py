@@ -36,6 +36,7 @@ __all__ = [
     "Run",
     "Task",
     "Trainer",
+    "bar_panels",
     "batch_order",
     "best",
     "finite_or_none",
@@ -285,6 +286,22 @@ def save_figure(fig, path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def bar_panels(
+    panels: Sequence[tuple[Sequence[str], Sequence[float], str, bool]], path: pathlib.Path
+) -> None:
+    """Horizontal bar charts side by side, one per ``(names, values, x label, log x)``; a PNG."""
+    fig, axes = subplots(len(panels), width=4.5, height=0.9 + 0.35 * max(len(p[0]) for p in panels))
+    for ax, (names, values, label, log) in zip(np.atleast_1d(axes), panels):
+        y = np.arange(len(names))
+        ax.barh(y, values)
+        ax.set_yticks(y, names, fontsize=7)
+        ax.set_xlabel(label)
+        if log:
+            ax.set_xscale("log")
+        ax.invert_yaxis()
+    save_figure(fig, path)
 
 
 def plot_runs(runs: Sequence[Run], path: pathlib.Path, *, title: str, metric: str = "loss") -> None:

@@ -33,19 +33,20 @@ def map_matrices(
 ) -> list[jax.Array]:
     """``fn`` applied to every matrix of every leaf; each result has its leaf's shape.
 
-    ``fn`` maps a stack ``(N, m, n)`` with ``m <= n`` to a stack of the same shape, one matrix at
-    a time, and commutes with transposition (``fn(Gᵀ) = fn(G)ᵀ``, as polar factors do): tall
-    matrices are transposed first so that ``(a, b)`` and ``(b, a)`` kernels share a stack. Items
-    are stacked when they have the same ``fn`` object, matrix shape and dtype (and, under explicit
-    sharding, layout); ``batch=False`` calls ``fn`` once per leaf instead. With ``mesh`` every
-    stack is computed by the owner strategy (module docstring); results are then laid out like
-    their leaves under explicit sharding, and wherever XLA puts them under ``Auto`` axes.
+    ``fn`` maps a stack ``(N, m, n)`` to a stack of the same shape, one matrix at a time, and
+    commutes with transposition (``fn(Gᵀ) = fn(G)ᵀ``, as polar factors do): tall matrices are
+    transposed first (``m <= n`` in every stack) so that ``(a, b)`` and ``(b, a)`` kernels share a
+    stack. Items are stacked when they have the same ``fn`` object, matrix shape and dtype (and,
+    under explicit sharding, layout); ``batch=False`` calls ``fn`` once per leaf, on its matrices as
+    they are. With ``mesh`` every stack is computed by the owner strategy (module docstring);
+    results are then laid out like their leaves under explicit sharding, and wherever XLA puts
+    them under ``Auto`` axes.
     """
     slices, groups = [], {}
     for i, (path, x, dims, fn) in enumerate(items):
         owner_mesh = _check_mesh(path, x, mesh) if mesh is not None else None
         m, inverse = _as_matrices(x, dims, owner_mesh)
-        tall = m.shape[1] > m.shape[2]
+        tall = batch and m.shape[1] > m.shape[2]  # turned only to share a stack with wide ones
         m = jnp.swapaxes(m, 1, 2) if tall else m
         slices.append((m, inverse, tall))
         key = (fn, m.shape[1:], m.dtype, _sharding.explicit_spec(m)) if batch else i

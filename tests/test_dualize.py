@@ -57,9 +57,7 @@ def test_dualize_maps_each_leaf_to_its_direction():
     tx = normtx.dualize(_geometry)
     out, _ = tx.update(g, tx.init(g))
     expected = jax.tree.map(lambda x: _geometry(None, x).dualize(x), g)
-    # The transform stacks same-shape matrices (one SVD of the stack): float32 rounding differs
-    # from the single-matrix SVD's by an ulp or two, hence the atol of 1e-7 (entries ~0.3).
-    chex.assert_trees_all_close(out, expected, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(out, expected, rtol=1e-6)
     u, _, vh = np.linalg.svd(np.asarray(g["dense"]["kernel"], np.float64), full_matrices=False)
     np.testing.assert_allclose(out["dense"]["kernel"], u @ vh, atol=2e-6)
     b = np.asarray(g["dense"]["bias"], np.float64)

@@ -81,6 +81,37 @@ def test_prop7_step_beats_feasible_points(lam):
         assert best <= objective(local) + 1e-6 * abs(best)
 
 
+def test_stacked_polar_factors_equal_the_leaf_by_leaf_ones(monkeypatch):
+    """The accelerator path, forced on CPU: same-shape and transposed kernels stacked into one
+    Newton–Schulz program give the leaf-by-leaf directions and duals, and both the float64
+    polar factors (Prop. 5) within Newton–Schulz accuracy."""
+    rng = np.random.default_rng(3)
+    shapes = {"q": (8, 8), "k": (8, 8), "up": (8, 16), "down": (16, 8), "w": (5, 3), "b": (8,)}
+    g = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    hidden = norms.rms_to_rms(polar="newton_schulz")
+    mod = norms.modular(lambda path, x: norms.rms() if x.ndim == 1 else hidden)
+
+    def programs():  # Newton–Schulz programs in the traced computation
+        return str(jax.make_jaxpr(mod.duals_and_directions)(_f32(g))).count("name=_newton_schulz")
+
+    run = jax.jit(lambda t: mod.duals_and_directions(t))
+    leafwise = run(_f32(g))
+    assert programs() == 5  # one per matrix leaf on CPU
+    monkeypatch.setattr(norms.tree, "_stack_polar_factors", lambda mesh: True)
+    assert programs() == 3  # (q, k); (up, downᵀ); w
+    run = jax.jit(lambda t: mod.duals_and_directions(t))  # a fresh trace takes the stacked path
+    stacked = run(_f32(g))
+    chex.assert_trees_all_close(stacked, leafwise, rtol=1e-5, atol=1e-6)
+    ora = orc.schatten_oracles(math.inf)
+    (duals, directions), keys = stacked, list(g)  # dict leaves in sorted-key order
+    for k, d, t in zip(sorted(keys), duals, directions, strict=True):
+        if g[k].ndim == 2:
+            d_in, d_out = g[k].shape
+            f = math.sqrt(d_out / d_in)
+            np.testing.assert_allclose(t, f * ora[2](g[k]), atol=0.15 * f)  # 5 NS steps
+            np.testing.assert_allclose(d, float(np.sum(g[k] * np.asarray(t))), rtol=1e-5)
+
+
 def test_tree_norm_is_the_max_and_tree_dual_norm_the_sum():
     g = _f32(_tree(3))
     spec = {k: n for k, (n, _) in LEAF_ORACLES.items()}

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from optax.contrib import _muon
+from tqdm.auto import tqdm
 
 import normtx
 
@@ -151,7 +152,6 @@ def bench_matrix(m: int, n: int, family: str, cfg: dict, rng) -> tuple[list[dict
             name = f"normtx polar_express{tag}{dtag} x{k}"
             methods.setdefault(name, ("polar_express", k, _ns(k, **options, **dtype_options)))
             to_target.append(name)
-    print(f"{m}x{n} ({family}): timing {len(methods)} methods", flush=True)
     times = median_times(
         {k: (lambda f=f: f(x)) for k, (_, _, f) in methods.items()},
         repeats=cfg["repeats"],
@@ -211,7 +211,6 @@ def bench_tree(n_leaves: int, d: int, cfg: dict, rng) -> tuple[list[dict], dict]
     if cfg["extras"]:
         methods["normtx muon batched"] = ("muon", True, transform("muon", True))
         methods["normtx muon per-leaf"] = ("muon", False, transform("muon", False))
-    print(f"tree {n_leaves}x{d}x{d}: timing {len(methods)} methods", flush=True)
     times = median_times(
         {k: (lambda f=f: f(tree)) for k, (_, _, f) in methods.items()},
         repeats=cfg["repeats"],
@@ -335,15 +334,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows: list[dict] = []
     big_facts = {}
     big = cfg["shapes"][1]
-    for m, n in cfg["shapes"]:
-        families = ("spread", "gaussian") if (m, n) == big else ("spread",)
-        for family in families:
+    cases = [
+        (m, n, family)
+        for m, n in cfg["shapes"]
+        for family in (("spread", "gaussian") if (m, n) == big else ("spread",))
+    ]
+    with tqdm(total=len(cases) + 2, desc="bench_polar") as bar:
+        for m, n, family in cases:
+            bar.set_postfix_str(f"{m}x{n} {family}")
             r, facts = bench_matrix(m, n, family, cfg, rng)
             rows += r
             if (m, n) == big:
                 big_facts[family] = facts
-    tree_rows, tree = bench_tree(*cfg["tree"], cfg, rng)
-    small_rows, small = bench_tree(*cfg["small_tree"], cfg, rng)
+            bar.update()
+        trees = []
+        for n_leaves, d in (cfg["tree"], cfg["small_tree"]):
+            bar.set_postfix_str(f"tree {n_leaves}x{d}x{d}")
+            trees.append(bench_tree(n_leaves, d, cfg, rng))
+            bar.update()
+    (tree_rows, tree), (small_rows, small) = trees
     rows += tree_rows + small_rows
     tgt = targets(tree, small, big_facts, f"{big[0]}x{big[1]}")
     columns = ["case", "family", "method", "steps", "time_s", "rel_err", "sigma_min", "sigma_max"]

@@ -105,7 +105,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     s = QUICK if args.quick else FULL
     makers = factories(s["steps"])
     kw = {"steps": s["steps"], "batch_size": s["batch_size"], "eval_every": s["steps"]}
-    payload: dict = {}
     curves = _previous(args.out / "lr_transfer.json", s) if args.resume else {}
     for width in s["widths"]:
         for std in s["embed_stds"]:

@@ -6,7 +6,7 @@ Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 """
 
 from normtx import adaptive, dims, linalg, norms, optimizers, roles, sharding
-from normtx._diagnostics import diagnostics
+from normtx.diagnostics import diagnostics
 from normtx.transforms import (
     EscapeVelocityState,
     ScaleByDualNormState,

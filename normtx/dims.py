@@ -3,25 +3,28 @@
 A 2-D leaf is a Flax kernel ``K`` of shape ``(fan_in, fan_out)``: the layer maps a row vector
 ``x -> x K``. A leaf of higher rank names its fan-in axes and its fan-out axes; every other axis is
 a batch axis and each slice is its own matrix (a scanned stack ``(n_layers, d_in, d_out)`` is
-``n_layers`` matrices, a conv kernel ``HWIO`` is one matrix ``(H*W*I, O)``). See DESIGN §2.
+``n_layers`` matrices, a conv kernel ``HWIO`` is one matrix ``(H*W*I, O)``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
-from normtx._sharding import replicate_except
+from normtx.sharding._layout import replicate_except
 
 __all__ = [
     "CONV_HWIO",
     "DENSE",
     "DimensionNumbers",
+    "DimsSpec",
+    "MatrixLayout",
     "as_matrices",
     "flatten_axes",
+    "matrix_layout",
     "normalize_axes",
 ]
 
@@ -32,6 +35,10 @@ class DimensionNumbers(NamedTuple):
     fan_in_axes: tuple[int, ...]
     fan_out_axes: tuple[int, ...]
 
+
+DimsSpec = DimensionNumbers | Any | Callable[[str, jax.Array], DimensionNumbers | None] | None
+"""Dimension numbers for every leaf, a pytree prefix of them (``None``: the leaf's default), or
+``(path, leaf) -> DimensionNumbers | None``."""
 
 DENSE = DimensionNumbers((0,), (1,))
 CONV_HWIO = DimensionNumbers((0, 1, 2), (3,))
@@ -100,27 +107,43 @@ def normalize_axes(
     return DimensionNumbers(fin, fout)
 
 
+class MatrixLayout(NamedTuple):
+    """How a leaf becomes a batch of matrices: permute, then merge axis groups (and back)."""
+
+    batch: tuple[int, ...]  # the batch axes, in order
+    perm: tuple[int, ...]  # batch axes first, then each group's axes
+    inv_perm: tuple[int, ...]  # the inverse permutation
+    moved_shape: tuple[int, ...]  # the shape after ``perm``
+    flat_shape: tuple[int, ...]  # ``(B, prod(groups[0]), prod(groups[1]), ...)``
+
+
+def matrix_layout(shape: Sequence[int], groups: Sequence[Sequence[int]]) -> MatrixLayout:
+    """The permutation and shapes that turn a leaf of ``shape`` into ``(B, *group sizes)``."""
+    grouped = tuple(a for g in groups for a in g)
+    batch = tuple(a for a in range(len(shape)) if a not in grouped)
+    perm = batch + grouped
+    inv_perm = tuple(sorted(range(len(shape)), key=perm.__getitem__))
+    moved_shape = tuple(shape[a] for a in perm)
+    sizes = [math.prod(shape[a] for a in g) for g in groups]
+    flat_shape = (math.prod(shape[a] for a in batch), *sizes)
+    return MatrixLayout(batch, perm, inv_perm, moved_shape, flat_shape)
+
+
 def flatten_axes(
     x: jax.Array, groups: Sequence[Sequence[int]]
 ) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
     """Reshapes ``x`` to ``(B, prod(groups[0]), prod(groups[1]), ...)`` and returns the inverse.
 
     Every axis in no group is a batch axis; the batch axes come first, in order. Under explicit
-    sharding every axis but the first batch axis is gathered first (see ``normtx._sharding``).
+    sharding every axis but the first batch axis is gathered first (``normtx.sharding``).
     """
-    grouped = tuple(a for g in groups for a in g)
-    batch = tuple(a for a in range(x.ndim) if a not in grouped)
-    x = replicate_except(x, batch[0] if batch else None)
-    perm = batch + grouped
-    inv_perm = tuple(sorted(range(x.ndim), key=perm.__getitem__))
-    moved_shape = tuple(x.shape[a] for a in perm)
-    sizes = [math.prod(x.shape[a] for a in g) for g in groups]
-    flat_shape = (math.prod(x.shape[a] for a in batch), *sizes)
+    lay = matrix_layout(x.shape, groups)
+    x = replicate_except(x, lay.batch[0] if lay.batch else None)
 
     def inverse(m: jax.Array) -> jax.Array:
-        return m.reshape(moved_shape).transpose(inv_perm)
+        return m.reshape(lay.moved_shape).transpose(lay.inv_perm)
 
-    return x.transpose(perm).reshape(flat_shape), inverse
+    return x.transpose(lay.perm).reshape(lay.flat_shape), inverse
 
 
 def as_matrices(

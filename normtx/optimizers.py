@@ -21,10 +21,7 @@ from jax.typing import ArrayLike
 
 from normtx import roles as roles_lib
 from normtx._pytree import describe_leaf
-from normtx.linalg import PolarMethod, check_polar_method, newton_schulz
-from normtx.linalg.newton_schulz import NsSchedule, newton_schulz_schedule
-from normtx.norms import Norm, NormSpec, Schatten, l2, linf, rms_to_rms, spectral
-from normtx.transforms._common import (
+from normtx._validation import (
     check_bool,
     check_choice,
     check_int,
@@ -32,6 +29,9 @@ from normtx.transforms._common import (
     check_probability,
     check_static,
 )
+from normtx.linalg import PolarMethod, check_polar_method, newton_schulz
+from normtx.linalg.newton_schulz import NsSchedule, newton_schulz_schedule
+from normtx.norms import Norm, NormSpec, Schatten, l2, linf, rms_to_rms, spectral
 from normtx.transforms.dualize import dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import escape_velocity_lr, prodigy_step
 from normtx.transforms.modular import RoleModular, modular_step

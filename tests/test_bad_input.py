@@ -208,7 +208,7 @@ CASES = [
     (
         "dims_axis_out_of_range",
         _init(
-            normtx.orthogonalize_newton_schulz(dims=DimensionNumbers((0,), (5,))),
+            normtx.orthogonalize_newton_schulz(dimension_numbers=DimensionNumbers((0,), (5,))),
             {"w": _f32(3, 4)},
         ),
         r"axis 5 is out of range for leaf 'w' of shape \(3, 4\)",
@@ -216,14 +216,17 @@ CASES = [
     (
         "dims_overlapping_axes",
         _init(
-            normtx.orthogonalize_newton_schulz(dims=DimensionNumbers((0,), (0,))),
+            normtx.orthogonalize_newton_schulz(dimension_numbers=DimensionNumbers((0,), (0,))),
             {"w": _f32(3, 4)},
         ),
         r"fan_in_axes \(0,\) and fan_out_axes \(0,\) overlap .*leaf 'w' of shape \(3, 4\)",
     ),
     (
         "dims_callable_returning_a_tuple",
-        _init(normtx.orthogonalize_newton_schulz(dims=lambda p, x: (0, 1)), {"w": _f32(3, 4)}),
+        _init(
+            normtx.orthogonalize_newton_schulz(dimension_numbers=lambda p, x: (0, 1)),
+            {"w": _f32(3, 4)},
+        ),
         r"callable returned \(0, 1\) for leaf 'w' \(shape \(3, 4\), float32\); expected Dimensi",
     ),
     (

@@ -63,7 +63,7 @@ def test_in_an_optax_chain_on_a_flax_cnn():
     tx = optax.chain(
         optax.partition(
             {
-                "ns": normtx.orthogonalize_newton_schulz(dims=_conv_dims),
+                "ns": normtx.orthogonalize_newton_schulz(dimension_numbers=_conv_dims),
                 "adam": optax.scale_by_adam(),
             },
             labels,
@@ -106,7 +106,7 @@ def test_in_an_optax_chain_on_a_flax_cnn():
 
 def test_stacked_layers_are_orthogonalized_slice_by_slice():
     g = jax.random.normal(jax.random.key(3), (3, 6, 10), jnp.float32)
-    tx = normtx.orthogonalize_newton_schulz(steps=10, scale="spectral", dims=STACKED)
+    tx = normtx.orthogonalize_newton_schulz(steps=10, scale="spectral", dimension_numbers=STACKED)
     u, _ = tx.update({"w": g}, tx.init({"w": g}))
     for i in range(3):
         assert rel_error(u["w"][i], polar64(g[i])) < 1e-3
@@ -142,7 +142,9 @@ def test_scales(scale, factor):
 def test_schatten4_normalization_and_cubic_schedule_pass_through():
     g = jax.random.normal(jax.random.key(9), (2, 12, 10), jnp.float32)  # direct, not Gram
     for kwargs, schatten in (({"normalization": "schatten4"}, 4), ({"coefficients": "cubic"}, 2)):
-        tx = normtx.orthogonalize_newton_schulz(scale="spectral", dims=STACKED, **kwargs)
+        tx = normtx.orthogonalize_newton_schulz(
+            scale="spectral", dimension_numbers=STACKED, **kwargs
+        )
         u, _ = tx.update({"w": g}, tx.init({"w": g}))
         schedule = newton_schulz_schedule(kwargs.get("coefficients", "polar_express"), 5)
         np.testing.assert_allclose(
@@ -176,8 +178,10 @@ def _count_iterations(fn, *args):
 
 def test_batched_equals_per_leaf_and_uses_fewer_kernels():
     tree = _mixed_tree()
-    batched = normtx.orthogonalize_newton_schulz(dims=_mixed_dims)
-    single = normtx.orthogonalize_newton_schulz(dims=_mixed_dims, batch_same_shapes=False)
+    batched = normtx.orthogonalize_newton_schulz(dimension_numbers=_mixed_dims)
+    single = normtx.orthogonalize_newton_schulz(
+        dimension_numbers=_mixed_dims, batch_same_shapes=False
+    )
     ub, _ = batched.update(tree, batched.init(tree))
     us, _ = single.update(tree, single.init(tree))
     for k in tree:
@@ -193,7 +197,7 @@ def test_batched_equals_per_leaf_and_uses_fewer_kernels():
 def test_jit_equals_eager_and_zero_gives_zero():
     tree = _mixed_tree()
     tree["z"] = jnp.zeros((8, 12), jnp.float32)
-    tx = normtx.orthogonalize_newton_schulz(dims=_mixed_dims)
+    tx = normtx.orthogonalize_newton_schulz(dimension_numbers=_mixed_dims)
     state = tx.init(tree)
     eager, _ = tx.update(tree, state)
     jitted, _ = jax.jit(tx.update)(tree, state)
@@ -225,7 +229,9 @@ def test_matches_optax_newton_schulz():
         "s": jnp.asarray(rng.standard_normal((3, 10, 6)), jnp.float32),
     }
     dims = {"w": None, "t": None, "s": STACKED}
-    ours = normtx.orthogonalize_newton_schulz(coefficients="muon", scale="spectral", dims=dims)
+    ours = normtx.orthogonalize_newton_schulz(
+        coefficients="muon", scale="spectral", dimension_numbers=dims
+    )
     u, _ = jax.jit(ours.update)(tree, ours.init(tree))
     coeffs = jnp.asarray(MUON)
     optax_dims = {"s": _muon.MuonDimensionNumbers(1, 2)}
@@ -276,7 +282,7 @@ def test_matches_optax_scale_by_muon_with_width_scaling():
         (
             jnp.ones((2, 3, 4), jnp.float32),
             None,
-            r"'bad' \(shape \(2, 3, 4\), float32\).*rank 3.*dims=",
+            r"'bad' \(shape \(2, 3, 4\), float32\).*rank 3.*dimension_numbers=",
         ),
         (
             jnp.ones((2, 3, 4), jnp.float32),
@@ -289,14 +295,14 @@ def test_matches_optax_scale_by_muon_with_width_scaling():
 def test_bad_leaves_fail_at_init_naming_the_leaf(leaf, dims, match):
     tree = {"good": jnp.ones((3, 3)), "bad": leaf}
     tx = normtx.orthogonalize_newton_schulz(
-        dims=None if dims is None else {"good": None, "bad": dims}
+        dimension_numbers=None if dims is None else {"good": None, "bad": dims}
     )
     with pytest.raises(ValueError, match=match):
         tx.init(tree)
 
 
 def test_bad_dims_spec():
-    tx = normtx.orthogonalize_newton_schulz(dims=lambda p, x: "rows")
+    tx = normtx.orthogonalize_newton_schulz(dimension_numbers=lambda p, x: "rows")
     with pytest.raises(ValueError, match="DimensionNumbers"):
         tx.init({"w": jnp.ones((3, 3))})
 

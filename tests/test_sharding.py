@@ -274,7 +274,7 @@ def test_scanned_layers_are_orthogonalized_per_layer_under_sharding():
     tree = {"s1": rng.standard_normal((8, 16, 32)), "s2": rng.standard_normal((8, 32, 16))}
     specs = {"s1": P("a", None, "b"), "s2": P(("a", "b"), None, None)}
     ortho = lambda mesh: normtx.orthogonalize_newton_schulz(  # noqa: E731
-        dims=DimensionNumbers((1,), (2,)), mesh=mesh
+        dimension_numbers=DimensionNumbers((1,), (2,)), mesh=mesh
     )
     modular = lambda mesh: normtx.modular_norm_partition(  # noqa: E731
         {"s1": "scanned/hidden", "s2": "scanned/hidden"}, step="unit", mesh=mesh

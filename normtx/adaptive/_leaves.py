@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
-from normtx.dims import DENSE, DimensionNumbers, normalize_axes
+from normtx.dims import DENSE, DimensionNumbers, DimsSpec, normalize_axes
 
 __all__ = [
     "NEEDS_PARAMS",
@@ -27,10 +27,6 @@ __all__ = [
     "matrix_shape",
     "resolve_matrix_leaves",
 ]
-
-DimsSpec = DimensionNumbers | Any | Callable[[str, jax.Array], DimensionNumbers | None] | None
-"""``DimensionNumbers`` for every leaf, a pytree prefix of them (``None`` = the default: a 2-D
-leaf is ``(fan_in, fan_out)``), or ``(path, leaf) -> DimensionNumbers | None``."""
 
 
 NEEDS_PARAMS = "this transform needs the params: call tx.update(updates, state, params)."

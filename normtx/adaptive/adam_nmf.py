@@ -60,15 +60,15 @@ import optax
 
 from normtx._numerics import compute_dtype, safe_div
 from normtx._pytree import check_state_shape, flatten_state_field
-from normtx.adaptive._leaves import DimsSpec, matrix_shape, resolve_matrix_leaves
-from normtx.dims import as_matrices
-from normtx.transforms._common import (
+from normtx._validation import (
     check_choice,
     check_int,
     check_positive,
     check_prng_key,
     check_probability,
 )
+from normtx.adaptive._leaves import DimsSpec, matrix_shape, resolve_matrix_leaves
+from normtx.dims import as_matrices
 
 __all__ = ["ScaleByAdamNMFState", "em_round", "scale_by_adam_nmf"]
 

@@ -32,8 +32,8 @@ from jax.typing import ArrayLike
 
 from normtx._numerics import compute_dtype
 from normtx._pytree import broadcast_to_leaves
+from normtx._validation import check_positive, check_probability, value_at
 from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves
-from normtx.transforms._common import check_positive, check_probability, value_at
 
 __all__ = ["DecoupledWeightDecayState", "adamw_fully_decoupled", "add_decoupled_weight_decay"]
 

@@ -26,8 +26,8 @@ from jax.typing import ArrayLike
 
 from normtx._numerics import compute_dtype, safe_div
 from normtx._pytree import describe_leaf
+from normtx._validation import check_positive, check_static, value_at
 from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves
-from normtx.transforms._common import check_positive, check_static, value_at
 
 __all__ = ["ExponentiatedGradientState", "exponentiated_gradient"]
 

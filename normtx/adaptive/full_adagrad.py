@@ -44,11 +44,11 @@ from normtx._pytree import (
     flatten_state_field,
     flatten_with_paths,
 )
-from normtx._sharding import replicate_except
+from normtx._validation import check_choice, check_int, check_positive
 from normtx.adaptive._leaves import balanced_blocks, check_float_leaves
 from normtx.linalg import inverse_pth_root
 from normtx.linalg.roots import INVERSE_ROOT_METHODS, InverseRootMethod
-from normtx.transforms._common import check_choice, check_int, check_positive
+from normtx.sharding._layout import replicate_except
 
 __all__ = ["ScaleByFullAdagradState", "scale_by_full_adagrad"]
 

@@ -68,17 +68,17 @@ from jax import lax
 
 from normtx._numerics import compute_dtype, finite_matrices, safe_div
 from normtx._pytree import check_state_shape, flatten_state_field, flatten_with_paths
-from normtx.adaptive._leaves import DimsSpec, balanced_blocks, matrix_shape, resolve_matrix_leaves
-from normtx.dims import as_matrices
-from normtx.linalg import inverse_pth_root
-from normtx.linalg.roots import INVERSE_ROOT_METHODS
-from normtx.transforms._common import (
+from normtx._validation import (
     check_choice,
     check_int,
     check_positive,
     check_probability,
     check_static,
 )
+from normtx.adaptive._leaves import DimsSpec, balanced_blocks, matrix_shape, resolve_matrix_leaves
+from normtx.dims import as_matrices
+from normtx.linalg import inverse_pth_root
+from normtx.linalg.roots import INVERSE_ROOT_METHODS
 
 __all__ = ["ScaleByShampooState", "scale_by_shampoo"]
 

@@ -1,9 +1,8 @@
 """Matrix functions for the norms and transforms: polar factors and inverse roots."""
 
-from normtx.linalg.newton_schulz import (
-    NORMALIZATIONS,
+from normtx.linalg.newton_schulz import NORMALIZATIONS, newton_schulz
+from normtx.linalg.ns_coefficients import (
     NS_SCHEDULES,
-    newton_schulz,
     newton_schulz_schedule,
     optimal_odd_quintic,
     polar_express_coefficients,

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from normtx._matrices import map_matrices
 from normtx._numerics import compute_dtype, sum_widest, widest_float
 from normtx._pytree import broadcast_to_leaves, describe_leaf
-from normtx._sharding import check_mesh
 from normtx.linalg import polar
 from normtx.norms.base import Norm
+from normtx.sharding._layout import check_mesh
+from normtx.sharding._owner import map_matrices
 
 __all__ = [
     "Modular",

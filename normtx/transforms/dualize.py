@@ -11,8 +11,8 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from normtx._numerics import sum_widest
+from normtx._validation import check_choice, check_positive, value_at
 from normtx.norms.tree import Modular, NormSpec, as_modular
-from normtx.transforms._common import check_choice, check_positive, value_at
 
 __all__ = ["ScaleByDualNormState", "dualize", "scale_by_dual_norm"]
 

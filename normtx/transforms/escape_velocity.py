@@ -29,9 +29,9 @@ from jax.typing import ArrayLike
 
 from normtx._numerics import compute_dtype, div_by_max, safe_div, widest_float
 from normtx._pytree import describe_leaf, flatten_with_paths
+from normtx._validation import check_choice, check_positive, value_at
 from normtx.norms.tree import Modular, NormSpec, as_modular
 from normtx.norms.vector import linf
-from normtx.transforms._common import check_choice, check_positive, value_at
 
 __all__ = ["EscapeVelocityState", "ProdigyMomentsState", "escape_velocity_lr"]
 

@@ -21,9 +21,9 @@ from jax.typing import ArrayLike
 from normtx import roles as roles_lib
 from normtx._numerics import sum_widest
 from normtx._pytree import flatten_state_field
+from normtx._validation import check_choice, check_positive, value_at
 from normtx.norms.base import Norm
 from normtx.norms.tree import Modular
-from normtx.transforms._common import check_choice, check_positive, value_at
 from normtx.transforms.dualize import _assemble
 
 __all__ = [

@@ -14,10 +14,9 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
-from normtx._matrices import map_matrices
 from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
-from normtx._sharding import check_mesh
-from normtx.dims import DimensionNumbers, normalize_axes
+from normtx._validation import check_choice, check_int, check_positive, check_static
+from normtx.dims import DimensionNumbers, DimsSpec, normalize_axes
 from normtx.linalg.newton_schulz import (
     NORMALIZATIONS,
     Normalization,
@@ -25,12 +24,12 @@ from normtx.linalg.newton_schulz import (
     newton_schulz,
     newton_schulz_schedule,
 )
-from normtx.transforms._common import check_choice, check_int, check_positive, check_static
+from normtx.sharding._layout import check_mesh
+from normtx.sharding._owner import map_matrices
 
 __all__ = ["orthogonalize_newton_schulz"]
 
 Scale = Literal["spectral", "rms_to_rms", "muon"] | float
-DimsSpec = DimensionNumbers | Any | Callable[[str, jax.Array], DimensionNumbers | None] | None
 _WHAT = "orthogonalize_newton_schulz"
 _SCALES = ("spectral", "rms_to_rms", "muon")
 _ROUTE = (
@@ -80,7 +79,7 @@ def _leaf_plan(path: str, leaf: Any, dims: DimensionNumbers | None, scale: Scale
         if len(shape) > 2:
             raise ValueError(
                 f"{_WHAT}: leaf {desc} has rank {len(shape)}; say which axes form the matrix with "
-                "dims=DimensionNumbers(fan_in_axes, fan_out_axes) — e.g. normtx.dims.CONV_HWIO "
+                "dimension_numbers=DimensionNumbers(fan_in_axes, fan_out_axes) — e.g. normtx.dims.CONV_HWIO "
                 "((0, 1, 2) -> (3,)) for a conv kernel, DimensionNumbers((1,), (2,)) for a stacked "
                 "(n_layers, d_in, d_out) leaf — given for every leaf, as a pytree, or as a "
                 f"callable (path, leaf) -> DimensionNumbers | None. {_ROUTE}"
@@ -105,7 +104,7 @@ def orthogonalize_newton_schulz(
     steps: int = 5,
     coefficients: NsSchedule | ArrayLike = "polar_express",
     scale: Scale = "rms_to_rms",
-    dims: DimsSpec = None,
+    dimension_numbers: DimsSpec = None,
     compute_dtype: DTypeLike | None = None,
     batch_same_shapes: bool = True,
     normalization: Normalization = "frobenius",
@@ -113,14 +112,14 @@ def orthogonalize_newton_schulz(
 ) -> optax.GradientTransformation:
     r"""Maps every matrix of every leaf to ``scale · U Vᵀ`` by a Newton–Schulz iteration.
 
-    For each matrix ``G = U Σ Vᵀ`` (a 2-D kernel ``(d_in, d_out)``, or each slice a leaf's ``dims``
+    For each matrix ``G = U Σ Vᵀ`` (a 2-D kernel ``(d_in, d_out)``, or each slice its ``dimension_numbers``
     pick out) the update is
 
     .. math:: G \mapsto s \cdot X_T,\qquad X_T \approx U V^\top
               \ (\text{``newton\_schulz``, anthology Appendix A, eq. 37})
 
     with ``s = 1`` (``'spectral'``: the dualization of the spectral norm, Prop. 5),
-    ``s = √(d_out/d_in)`` (``'rms_to_rms'``: the dualization of the RMS→RMS norm, DESIGN §3),
+    ``s = √(d_out/d_in)`` (``'rms_to_rms'``: the dualization of the RMS→RMS norm),
     ``s = √max(1, d_out/d_in)`` (``'muon'``: Muon's width scaling), or a given number. A conv
     kernel or a scanned stack is a batch of matrices, each orthogonalized on its own.
 
@@ -136,7 +135,7 @@ def orthogonalize_newton_schulz(
       coefficients: ``'polar_express'``, ``'cubic'``, ``'muon'``, or an array ``(k, 3)``.
       scale: ``'spectral'``, ``'rms_to_rms'``, ``'muon'``, or a positive number (a number works
         with ``optax.inject_hyperparams``).
-      dims: ``DimensionNumbers`` for every leaf, a pytree prefix of them (``None`` entries: the
+      dimension_numbers: ``DimensionNumbers`` for every leaf, a pytree prefix of them (``None`` entries: the
         default), or a callable ``(path, leaf) -> DimensionNumbers | None``. Default: a 2-D leaf is
         ``(0,) -> (1,)``; any other rank is an error.
       compute_dtype: matmul input dtype of the iteration (e.g. ``jnp.bfloat16``; float32
@@ -154,14 +153,14 @@ def orthogonalize_newton_schulz(
 
     Raises:
       ValueError: for bad hyperparameters at construction, and at ``init`` for a leaf that is not
-        a float matrix (rank 1, integer, rank > 2 without dims), naming its path, shape and dtype.
+        a float matrix (rank 1, integer, rank > 2 without dimension numbers), naming its path, shape and dtype.
 
     Example::
 
       tx = optax.chain(
           optax.partition(
-              {"ns": normtx.orthogonalize_newton_schulz(dims=lambda p, x: normtx.dims.CONV_HWIO
-                                                        if x.ndim == 4 else None),
+              {"ns": normtx.orthogonalize_newton_schulz(
+                  dimension_numbers=lambda p, x: normtx.dims.CONV_HWIO if x.ndim == 4 else None),
                "adam": optax.scale_by_adam()},
               lambda params: jax.tree.map(lambda x: "ns" if x.ndim >= 2 else "adam", params)),
           optax.scale_by_learning_rate(0.02))
@@ -190,7 +189,7 @@ def orthogonalize_newton_schulz(
 
     def plan(tree) -> list[_Leaf]:
         triples = broadcast_to_leaves(
-            dims, tree, is_value=_is_dims, what=_WHAT, expected="DimensionNumbers"
+            dimension_numbers, tree, is_value=_is_dims, what=_WHAT, expected="DimensionNumbers"
         )
         return [_leaf_plan(p, x, d, scale) for p, x, d in triples]
 

@@ -10,7 +10,6 @@ function to its own matrices (``jax.shard_map``), and every result goes back to 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from normtx import _sharding
-from normtx.dims import DimensionNumbers, as_matrices
+from normtx.dims import DimensionNumbers, as_matrices, matrix_layout
+from normtx.sharding import _layout as _sharding
 
 __all__ = ["map_matrices"]
 
@@ -84,23 +83,20 @@ def _as_matrices(x: jax.Array, dims: DimensionNumbers, owner_mesh):
     if owner_mesh is None:
         return as_matrices(x, dims)
     fan_in, fan_out = tuple(dims.fan_in_axes), tuple(dims.fan_out_axes)
-    batch = tuple(a for a in range(x.ndim) if a not in fan_in + fan_out)
+    lay = matrix_layout(x.shape, (fan_in, fan_out))
     spec = _sharding.explicit_spec(x)
     sizes = dict(zip(owner_mesh.axis_names, owner_mesh.axis_sizes, strict=True))
-    target, merged = _sharding.matrix_entries(x.shape, spec, batch, fan_in, fan_out, sizes)
-    perm = batch + fan_in + fan_out
-    inv_perm = tuple(int(a) for a in np.argsort(perm))
-    moved_shape = tuple(x.shape[a] for a in perm)
-    flat = tuple(math.prod(x.shape[a] for a in g) for g in (batch, fan_in, fan_out))
+    target, merged = _sharding.matrix_entries(x.shape, spec, lay.batch, fan_in, fan_out, sizes)
 
     def layout(entries):
         return NamedSharding(owner_mesh, _sharding.pspec(entries))
 
-    m = _sharding.reshard(x, target).transpose(perm).reshape(flat, out_sharding=layout(merged))
+    m = _sharding.reshard(x, target).transpose(lay.perm)
+    m = m.reshape(lay.flat_shape, out_sharding=layout(merged))
 
     def inverse(r: jax.Array) -> jax.Array:
-        r = r.reshape(moved_shape, out_sharding=layout([target[a] for a in perm]))
-        return _sharding.reshard(r.transpose(inv_perm), spec)
+        r = r.reshape(lay.moved_shape, out_sharding=layout([target[a] for a in lay.perm]))
+        return _sharding.reshard(r.transpose(lay.inv_perm), spec)
 
     return m, inverse
 

@@ -10,10 +10,8 @@ does with vectors through an explicit ``vectors=`` policy, and the default is an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths

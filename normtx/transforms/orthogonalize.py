@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -153,7 +152,8 @@ def orthogonalize_newton_schulz(
 
     Raises:
       ValueError: for bad hyperparameters at construction, and at ``init`` for a leaf that is not
-        a float matrix (rank 1, integer, rank > 2 without dimension numbers), naming its path, shape and dtype.
+        a float matrix (rank 1, integer, rank > 2 without dimension numbers), naming its path,
+        shape and dtype.
 
     Example::
 

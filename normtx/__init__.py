@@ -8,23 +8,34 @@ Norm*, 2024; Stratos, *Adaptive Learning Methods*).
 from normtx import adaptive, dims, linalg, norms, optimizers, roles, sharding
 from normtx.diagnostics import diagnostics
 from normtx.transforms import (
+    CautiousState,
     EscapeVelocityState,
+    QKClipState,
+    QKLeaf,
     ScaleByDualNormState,
+    add_cautious_weight_decay,
+    cautious,
     dualize,
     escape_velocity_lr,
     modular_norm,
     modular_norm_partition,
     orthogonalize_newton_schulz,
+    qk_clip,
     scale_by_dual_norm,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CautiousState",
     "EscapeVelocityState",
+    "QKClipState",
+    "QKLeaf",
     "ScaleByDualNormState",
     "__version__",
     "adaptive",
+    "add_cautious_weight_decay",
+    "cautious",
     "diagnostics",
     "dims",
     "dualize",
@@ -35,6 +46,7 @@ __all__ = [
     "norms",
     "optimizers",
     "orthogonalize_newton_schulz",
+    "qk_clip",
     "roles",
     "scale_by_dual_norm",
     "sharding",

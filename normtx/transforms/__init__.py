@@ -1,5 +1,11 @@
 """Gradient transformations built on the norms: directions, step sizes, the modular step."""
 
+from normtx.transforms.cautious import (
+    CautiousState,
+    CautiousWeightDecayState,
+    add_cautious_weight_decay,
+    cautious,
+)
 from normtx.transforms.dualize import ScaleByDualNormState, dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import (
     EscapeVelocityState,
@@ -13,17 +19,35 @@ from normtx.transforms.modular import (
     modular_norm_partition,
 )
 from normtx.transforms.orthogonalize import orthogonalize_newton_schulz
+from normtx.transforms.qk_clip import (
+    QKClipState,
+    QKLeaf,
+    collect_max_logits,
+    flax_mha_heads,
+    qk_clip,
+    sow_max_logits,
+)
 
 __all__ = [
+    "CautiousState",
+    "CautiousWeightDecayState",
     "EscapeVelocityState",
     "ModularNormPartitionState",
     "ProdigyMomentsState",
+    "QKClipState",
+    "QKLeaf",
     "RoleModular",
     "ScaleByDualNormState",
+    "add_cautious_weight_decay",
+    "cautious",
+    "collect_max_logits",
     "dualize",
     "escape_velocity_lr",
+    "flax_mha_heads",
     "modular_norm",
     "modular_norm_partition",
     "orthogonalize_newton_schulz",
+    "qk_clip",
     "scale_by_dual_norm",
+    "sow_max_logits",
 ]

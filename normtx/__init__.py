@@ -10,18 +10,23 @@ from normtx.diagnostics import diagnostics
 from normtx.transforms import (
     CautiousState,
     EscapeVelocityState,
+    OrthogonalizeDionState,
     QKClipState,
     QKLeaf,
     ScaleByDualNormState,
+    ScaleByNeuronRmsState,
     add_cautious_weight_decay,
     cautious,
     dualize,
     escape_velocity_lr,
     modular_norm,
     modular_norm_partition,
+    orthogonalize_dion,
     orthogonalize_newton_schulz,
     qk_clip,
     scale_by_dual_norm,
+    scale_by_neuron_rms,
+    scale_to_rms,
 )
 
 __version__ = "0.1.0"
@@ -29,9 +34,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CautiousState",
     "EscapeVelocityState",
+    "OrthogonalizeDionState",
     "QKClipState",
     "QKLeaf",
     "ScaleByDualNormState",
+    "ScaleByNeuronRmsState",
     "__version__",
     "adaptive",
     "add_cautious_weight_decay",
@@ -45,9 +52,12 @@ __all__ = [
     "modular_norm_partition",
     "norms",
     "optimizers",
+    "orthogonalize_dion",
     "orthogonalize_newton_schulz",
     "qk_clip",
     "roles",
     "scale_by_dual_norm",
+    "scale_by_neuron_rms",
+    "scale_to_rms",
     "sharding",
 ]

@@ -6,6 +6,7 @@ from normtx.transforms.cautious import (
     add_cautious_weight_decay,
     cautious,
 )
+from normtx.transforms.dion import OrthogonalizeDionState, orthogonalize_dion
 from normtx.transforms.dualize import ScaleByDualNormState, dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import (
     EscapeVelocityState,
@@ -18,6 +19,7 @@ from normtx.transforms.modular import (
     modular_norm,
     modular_norm_partition,
 )
+from normtx.transforms.neuron_norm import ScaleByNeuronRmsState, scale_by_neuron_rms, scale_to_rms
 from normtx.transforms.orthogonalize import orthogonalize_newton_schulz
 from normtx.transforms.qk_clip import (
     QKClipState,
@@ -33,11 +35,13 @@ __all__ = [
     "CautiousWeightDecayState",
     "EscapeVelocityState",
     "ModularNormPartitionState",
+    "OrthogonalizeDionState",
     "ProdigyMomentsState",
     "QKClipState",
     "QKLeaf",
     "RoleModular",
     "ScaleByDualNormState",
+    "ScaleByNeuronRmsState",
     "add_cautious_weight_decay",
     "cautious",
     "collect_max_logits",
@@ -46,8 +50,11 @@ __all__ = [
     "flax_mha_heads",
     "modular_norm",
     "modular_norm_partition",
+    "orthogonalize_dion",
     "orthogonalize_newton_schulz",
     "qk_clip",
     "scale_by_dual_norm",
+    "scale_by_neuron_rms",
+    "scale_to_rms",
     "sow_max_logits",
 ]

@@ -51,6 +51,11 @@ TRANSFORMS = {
     "orthogonalize_newton_schulz(masked)": lambda: optax.masked(
         normtx.orthogonalize_newton_schulz(), kernels
     ),
+    "orthogonalize_dion(masked)": lambda: optax.masked(
+        normtx.orthogonalize_dion(key=jax.random.key(0), rank_fraction=0.5), kernels
+    ),
+    "scale_by_neuron_rms(masked)": lambda: optax.masked(normtx.scale_by_neuron_rms(), kernels),
+    "scale_to_rms(masked)": lambda: optax.masked(normtx.scale_to_rms(), kernels),
     "escape_velocity_lr": lambda: normtx.escape_velocity_lr(
         normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3
     ),
@@ -61,6 +66,10 @@ TRANSFORMS = {
         normtx.dualize(geometry), norm=geometry, rule="cosine", anchor="previous", monotone=False
     ),
     "modular_norm_partition": lambda: normtx.modular_norm_partition(),
+    "cautious(trace)": lambda: normtx.cautious(optax.trace(decay=0.9)),
+    "add_cautious_weight_decay(masked)": lambda: normtx.add_cautious_weight_decay(
+        0.1, mask=kernels
+    ),
     "sign_descent": lambda: optimizers.sign_descent(0.01, momentum=0.9),
     "normalized_sgd": lambda: optimizers.normalized_sgd(0.01),
     "spectral_descent": lambda: optimizers.spectral_descent(0.01),

@@ -34,9 +34,7 @@ class CautiousState(NamedTuple):
     """State of ``cautious``."""
 
     inner_state: Any  # the wrapped transform's state
-    kept: (
-        Any  # per leaf, a float32 scalar: the fraction mean(φ) of coordinates kept at the last step
-    )
+    kept: Any  # per leaf, an int32 scalar: the number Σφ of coordinates kept at the last step
 
 
 class CautiousWeightDecayState(NamedTuple):
@@ -52,16 +50,20 @@ def _agree(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _cautious_leaf(u: jax.Array, g: jax.Array, floor: Any) -> tuple[jax.Array, jax.Array]:
-    """``(u ⊙ φ / max(mean φ, floor), mean φ)`` with ``φ = 1[u ⊙ g > 0]``, in the compute dtype."""
+    """``(u ⊙ φ / max(mean φ, floor), Σ φ)`` with ``φ = 1[u ⊙ g > 0]``, in the compute dtype.
+
+    As ``u ⊙ φ · n / max(Σ φ, floor · n)`` for ``n`` entries: the count is exact, and no division
+    by a constant (which XLA may turn into a product with its rounded reciprocal: jit != eager).
+    """
     dt = compute_dtype(u.dtype)
     keep = _agree(u, g)
     size = math.prod(u.shape)
-    # The count is exact in int32; one float32 division gives the mean.
-    kept = jnp.sum(keep, dtype=jnp.int32).astype(jnp.float32) / jnp.float32(max(size, 1))
-    denom = jnp.maximum(kept, jnp.asarray(floor).astype(jnp.float32)).astype(dt)
+    count = jnp.sum(keep, dtype=jnp.int32)
+    floor_count = jnp.asarray(floor).astype(dt) * size
+    scale = jnp.asarray(size, dt) / jnp.maximum(count.astype(dt), floor_count)
     # u ⊙ φ by a product, not a select: a non-finite u stays visible (NaN) where it is masked.
-    out = u.astype(dt) * keep.astype(dt) / denom
-    return out.astype(u.dtype), kept
+    out = u.astype(dt) * keep.astype(dt) * scale
+    return out.astype(u.dtype), count
 
 
 def cautious(
@@ -100,7 +102,7 @@ def cautious(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` returning a descent direction (end the chain
       with ``optax.scale_by_learning_rate``). Each leaf keeps its dtype; a zero gradient gives a
-      zero update, never a NaN. The state keeps the fraction of each leaf's coordinates kept at
+      zero update, never a NaN. The state keeps the number of each leaf's coordinates kept at
       the last step (``kept``) for logging.
 
     Raises:
@@ -130,7 +132,7 @@ def cautious(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        kept = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
+        kept = jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params)
         return CautiousState(inner_state=inner.init(params), kept=kept)
 
     def update_fn(updates, state, params=None, **extra_args):

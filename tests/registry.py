@@ -56,6 +56,11 @@ TRANSFORMS = {
     ),
     "scale_by_neuron_rms(masked)": lambda: optax.masked(normtx.scale_by_neuron_rms(), kernels),
     "scale_to_rms(masked)": lambda: optax.masked(normtx.scale_to_rms(), kernels),
+    "orthogonalize_dion(masked)": lambda: optax.masked(
+        normtx.orthogonalize_dion(key=jax.random.key(0), rank_fraction=0.5), kernels
+    ),
+    "scale_by_neuron_rms(masked)": lambda: optax.masked(normtx.scale_by_neuron_rms(), kernels),
+    "scale_to_rms(masked)": lambda: optax.masked(normtx.scale_to_rms(), kernels),
     "escape_velocity_lr": lambda: normtx.escape_velocity_lr(
         normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3
     ),

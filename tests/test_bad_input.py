@@ -151,6 +151,31 @@ CASES = [
         lambda: normtx.escape_velocity_lr(**EV, max_growth=0.5),
         r"max_growth must be > 1 .*got 0\.5",
     ),
+    (
+        "dion_rank_fraction_above_one",
+        lambda: normtx.orthogonalize_dion(key=jax.random.key(0), rank_fraction=1.5),
+        r"orthogonalize_dion: rank_fraction must be in \(0, 1\], got 1\.5",
+    ),
+    (
+        "dion_mu_of_one",
+        lambda: normtx.orthogonalize_dion(key=jax.random.key(0), mu=1.0),
+        r"orthogonalize_dion: mu must be in \[0, 1\), got 1\.0",
+    ),
+    (
+        "dion_unknown_scale",
+        lambda: normtx.orthogonalize_dion(key=jax.random.key(0), scale="rms"),
+        r"orthogonalize_dion: scale must be one of \('spectral', 'rms_to_rms', 'muon'\), got 'rms'",
+    ),
+    (
+        "neuron_rms_negative_decay",
+        lambda: normtx.scale_by_neuron_rms(decay=-0.1),
+        r"scale_by_neuron_rms: decay must be in \[0, 1\), got -0\.1",
+    ),
+    (
+        "scale_to_rms_of_zero",
+        lambda: normtx.scale_to_rms(rms=0.0),
+        r"scale_to_rms: rms must be > 0, got 0\.0",
+    ),
     # ---- init: leaves (path, shape, dtype) -------------------------------------------------------
     (
         "matrix_norm_on_a_bias",
@@ -264,6 +289,22 @@ CASES = [
         _init(adaptive.exponentiated_gradient(learning_rate=0.1, axis=3), {"w": _f32(3)}),
         r"axis=3 is out of range for leaf 'w' \(shape \(3,\), float32\)",
     ),
+    (
+        "neuron_rms_on_a_bias",
+        _init(normtx.scale_by_neuron_rms(), P),
+        r"scale_by_neuron_rms: leaf 'Dense_0/bias' \(shape \(8,\), float32\) is not a matrix\. "
+        r"These transforms act on matrices",
+    ),
+    (
+        "dion_empty_leaf",
+        _init(normtx.orthogonalize_dion(key=jax.random.key(0)), {"w": _f32(0, 4)}),
+        r"orthogonalize_dion: leaf 'w' \(shape \(0, 4\), float32\) is empty",
+    ),
+    (
+        "dion_rank_three_leaf_without_dims",
+        _init(normtx.orthogonalize_dion(key=jax.random.key(0)), {"w": _f32(2, 3, 4)}),
+        r"orthogonalize_dion: leaf 'w' \(shape \(2, 3, 4\), float32\) has rank 3; .*dimension_n",
+    ),
     # ---- update, when traced: missing params, trees that do not match the state ------------------
     (
         "escape_velocity_without_params",
@@ -315,6 +356,22 @@ CASES = [
         r"modular_norm_partition: the updates do not have the tree structure of the params the "
         r"state was initialised with \(state field 'dual_norms'\). Update paths: "
         r"\['Dense_0/bias', 'Dense_0/kernel'\]",
+    ),
+    (
+        "grads_transposed_against_dion_state",
+        _update(
+            normtx.orthogonalize_dion(key=jax.random.key(0), rank_fraction=0.5),
+            {"w": _f32(3, 4)},
+            {"w": _f32(4, 3)},
+        ),
+        r"orthogonalize_dion: update 'w' \(shape \(4, 3\), float32\) does not match the state: "
+        r"its momentum has shape \(3, 4\), and a leaf of this shape needs \(4, 3\)",
+    ),
+    (
+        "grads_transposed_against_neuron_rms_state",
+        _update(normtx.scale_by_neuron_rms(), {"w": _f32(3, 4)}, {"w": _f32(4, 3)}),
+        r"update 'w' \(shape \(4, 3\), float32\) does not match the state: its second moment "
+        r"nu has shape \(1, 4\), and a leaf of this shape needs \(1, 3\)",
     ),
     # ---- linear algebra entry points ---------------------------------------------------------
     (

@@ -41,6 +41,9 @@ TRANSFORMS = (
     "scale_by_dual_norm",
     "orthogonalize_newton_schulz",
     "escape_velocity_lr",
+    "orthogonalize_dion",
+    "scale_by_neuron_rms",
+    "scale_to_rms",
     "modular_norm_partition",
 )
 
@@ -86,6 +89,7 @@ STRUCTURAL = {
         "coefficients": "the polynomial schedule, a float64 table unrolled into the iteration",
     },
     "muon": {"ns_steps": "as steps above", "ns_coefficients": "as coefficients above"},
+    "orthogonalize_dion": {"rank_fraction": "the shape of the right factor Q"},
     "exponentiated_gradient": {"axis": "the reduction axis of each distribution"},
     "scale_by_adam_nmf": {"rank": "factor shapes", "em_steps": "EM loop length"},
     "scale_by_full_adagrad": {"block_size": "preconditioner shapes", "max_size": "shape limit"},
@@ -103,6 +107,7 @@ INIT_ONLY = {
     ("modular_descent", "init_lr"): "η_0 of escape_velocity_lr (monotone: never read again)",
     ("scale_by_adam_nmf", "eps"): "range of the initial factors",
     ("scale_by_adam_nmf", "key"): "draws the initial factors",
+    ("orthogonalize_dion", "key"): "draws the initial right factor Q_0",
 }
 
 _MUON_NS = np.array([[3.4445, -4.7750, 2.0315]] * 5)
@@ -124,6 +129,9 @@ BASE = {
         max_growth=1e3,  # a cap that does not bind; its second value (1.01) does
     ),
     "modular_norm_partition": dict(scales=2.0, sharpness=2.0, step="dual_norm"),
+    "orthogonalize_dion": dict(key=jax.random.key(0), rank_fraction=0.5, mu=0.9, scale=0.5),
+    "scale_by_neuron_rms": dict(decay=0.9, eps=1e-3),
+    "scale_to_rms": dict(rms=0.3),
     "modular_descent": dict(
         learning_rate=0.1,
         momentum=0.5,
@@ -200,6 +208,7 @@ SECOND = {
     ("escape_velocity_lr", "max_growth"): 1.01,  # a cap that binds
     ("prodigy", "max_growth"): 1.01,
     ("scale_by_adam_nmf", "key"): jax.random.key(1),
+    ("orthogonalize_dion", "key"): jax.random.key(1),
 }
 
 # Closed forms in the changed value v (from v1 to v2) of the next update u. (Prodigy's update is not
@@ -209,6 +218,8 @@ MATH = {
     ("scale_by_dual_norm", "sharpness"): INVERSE,  # Prop. 1: Δ = (‖g‖†/λ) dualize(g)
     ("modular_norm_partition", "sharpness"): INVERSE,  # eq. 56: η = Σ N†/(s λ)
     ("orthogonalize_newton_schulz", "scale"): LINEAR,
+    ("orthogonalize_dion", "scale"): LINEAR,
+    ("scale_to_rms", "rms"): LINEAR,
     **{
         (name, "learning_rate"): LINEAR
         for name in (
@@ -222,9 +233,17 @@ MATH = {
 }
 
 
+MATRICES_ONLY = (
+    "orthogonalize_newton_schulz",
+    "orthogonalize_dion",
+    "scale_by_neuron_rms",
+    "scale_to_rms",
+)
+
+
 def _params(name):
     p = jax.tree.map(lambda x: x.astype(jnp.float64), registry.params())
-    if name == "orthogonalize_newton_schulz":  # matrices only
+    if name in MATRICES_ONLY:
         return {"a": p["Dense_0"]["kernel"], "b": p["Dense_1"]["kernel"]}
     if name == "exponentiated_gradient":  # rows on the simplex (axis=-1)
         return {"w": jnp.full((3, 4), 0.25, jnp.float64)}

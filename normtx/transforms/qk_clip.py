@@ -251,9 +251,8 @@ def qk_clip(
       # in the model: y = self.attention(x, sow_weights=True)   (passes the module to sow into)
 
       def loss_fn(model, x, y):
-          loss = ...(model(x), y)
-          sown = nnx.pop(model, nnx.Intermediate)
-          return loss, normtx.transforms.collect_max_logits(sown)
+          out, sown = nnx.capture(model, nnx.Intermediate)(x)  # Flax < 0.12: nnx.pop after
+          return ...(out, y), normtx.transforms.collect_max_logits(sown)
 
       (loss, max_logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
       optimizer.update(model, grads, max_logits=max_logits)  # nnx.Optimizer passes it on
@@ -431,9 +430,10 @@ def collect_max_logits(sown: Any, *, name: str = "max_logits") -> dict[str, jax.
 
     Every leaf whose path has a component ``name`` belongs to the module at the path before it
     (``'<root>'`` when nothing is); several values of one module (a layer called more than once)
-    are combined by their elementwise maximum. Pass the collection itself: ``nnx.pop(model,
-    nnx.Intermediate)`` in nnx, ``mutated["intermediates"]`` in linen, so that the module paths
-    are those of the parameter tree given to the optimizer.
+    are combined by their elementwise maximum. Pass the collection itself: what
+    ``nnx.capture(model, nnx.Intermediate)`` returns (or ``nnx.pop(model, nnx.Intermediate)``) in
+    nnx, ``mutated["intermediates"]`` in linen, so that the module paths are those of the
+    parameter tree given to the optimizer.
 
     Raises:
       ValueError: when no leaf has a component ``name``.

@@ -1,6 +1,6 @@
 """``optax.inject_hyperparams`` works for every numeric hyperparameter of every public factory.
 
-The factories are every function of ``normtx`` (the five transforms), ``normtx.optimizers`` and
+The factories are every function of ``normtx`` listed in ``TRANSFORMS``, ``normtx.optimizers`` and
 ``normtx.adaptive`` that returns a ``GradientTransformation``; their numeric hyperparameters are
 found by signature inspection (an annotation that admits ``int``, ``float`` or ``jax.Array``), so
 a new one is covered — or fails ``test_every_numeric_hyperparameter_is_listed`` until it is given a
@@ -45,6 +45,8 @@ TRANSFORMS = (
     "scale_by_neuron_rms",
     "scale_to_rms",
     "modular_norm_partition",
+    "cautious",
+    "add_cautious_weight_decay",
 )
 
 
@@ -132,6 +134,9 @@ BASE = {
     "orthogonalize_dion": dict(key=jax.random.key(0), rank_fraction=0.5, mu=0.9, scale=0.5),
     "scale_by_neuron_rms": dict(decay=0.9, eps=1e-3),
     "scale_to_rms": dict(rms=0.3),
+    # δ = 1 divides by 1 (no rescaling); δ = 1/2 rescales by n/Σφ a leaf with a disagreeing sign.
+    "cautious": dict(inner=optax.scale_by_adam(b1=0.9), mean_floor=1.0),
+    "add_cautious_weight_decay": dict(weight_decay=0.1),
     "modular_descent": dict(
         learning_rate=0.1,
         momentum=0.5,

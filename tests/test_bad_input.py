@@ -8,11 +8,13 @@ dtype where there is a leaf) and what was expected.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import normtx
@@ -40,8 +42,17 @@ def _update(tx, params, grads, *, with_params=True):
     return thunk
 
 
+def _qk_update(max_logits, params=None):
+    """Traces ``qk_clip``'s update under ``jax.jit`` with the extra argument ``max_logits``."""
+    params = ATTN if params is None else params
+    tx = normtx.qk_clip()
+    update = functools.partial(tx.update, max_logits=max_logits)
+    return lambda: jax.jit(update)(params, tx.init(params), params)
+
+
 P = registry.params()
 G = registry.grads(0)
+ATTN = {"attn": {"query": {"kernel": _f32(4, 2, 3)}, "key": {"kernel": _f32(4, 2, 3)}}}
 EV = dict(direction=normtx.dualize(norms.linf()), norm=norms.linf())
 NMF = dict(rank=1, key=jax.random.key(0))
 
@@ -176,6 +187,26 @@ CASES = [
         lambda: normtx.scale_to_rms(rms=0.0),
         r"scale_to_rms: rms must be > 0, got 0\.0",
     ),
+    (
+        "qk_clip_negative_threshold",
+        lambda: normtx.qk_clip(threshold=-1.0),
+        r"qk_clip: threshold must be > 0, got -1\.0",
+    ),
+    (
+        "cautious_inner_an_optax_factory",
+        lambda: normtx.cautious(optax.adam),
+        r"cautious: inner must be an optax\.GradientTransformation .*got <function adam",
+    ),
+    (
+        "cautious_mean_floor_above_one",
+        lambda: normtx.cautious(optax.scale_by_adam(), mean_floor=2.0),
+        r"cautious: mean_floor must be in \(0, 1\], got 2\.0",
+    ),
+    (
+        "cautious_weight_decay_negative",
+        lambda: normtx.add_cautious_weight_decay(-0.1),
+        r"add_cautious_weight_decay: weight_decay must be >= 0, got -0\.1",
+    ),
     # ---- init: leaves (path, shape, dtype) -------------------------------------------------------
     (
         "matrix_norm_on_a_bias",
@@ -305,7 +336,67 @@ CASES = [
         _init(normtx.orthogonalize_dion(key=jax.random.key(0)), {"w": _f32(2, 3, 4)}),
         r"orthogonalize_dion: leaf 'w' \(shape \(2, 3, 4\), float32\) has rank 3; .*dimension_n",
     ),
+    (
+        "qk_clip_tree_without_attention",
+        _init(normtx.qk_clip(), P),
+        r"qk_clip: no leaf of the parameter tree is a query or key .*paths: \['Dense_0/bias'",
+    ),
+    (
+        "qk_clip_module_without_key",
+        _init(normtx.qk_clip(), {"attn": {"query": ATTN["attn"]["query"]}}),
+        r"qk_clip: attention module 'attn' has no key leaf \(found 'attn/query/kernel' \(shape "
+        r"\(4, 2, 3\), float32\)\)",
+    ),
+    (
+        "qk_clip_fused_heads_kernel",
+        _init(normtx.qk_clip(), {"attn": {"query": {"kernel": _f32(4, 6)}}}),
+        r"leaf 'attn/query/kernel' \(shape \(4, 6\), float32\) is named like a Flax attention "
+        r"query kernel.*its heads are not an axis",
+    ),
+    (
+        "qk_clip_grouped_query_heads",
+        _init(
+            normtx.qk_clip(),
+            {"attn": {"query": {"kernel": _f32(4, 4, 3)}, "key": {"kernel": _f32(4, 2, 3)}}},
+        ),
+        r"leaf 'attn/query/kernel' \(shape \(4, 4, 3\), float32\) has heads of shape \(4,\).*"
+        r"'attn/key/kernel' \(shape \(4, 2, 3\), float32\) of the same module 'attn' has "
+        r"\(2,\).*grouped-query",
+    ),
+    (
+        "qk_clip_head_axis_out_of_range",
+        _init(
+            normtx.qk_clip(
+                heads={"q": normtx.QKLeaf("m", "query", (2,)), "k": normtx.QKLeaf("m", "key", (0,))}
+            ),
+            {"q": _f32(2, 3), "k": _f32(2, 3)},
+        ),
+        r"qk_clip: leaf 'q' \(shape \(2, 3\), float32\): head_axes must be a non-empty tuple of "
+        r"axes of the leaf, got \(2,\)",
+    ),
     # ---- update, when traced: missing params, trees that do not match the state ------------------
+    (
+        "qk_clip_without_max_logits",
+        _qk_update(None),
+        r"qk_clip: update needs max_logits= \(each attention module's per-head largest",
+    ),
+    (
+        "qk_clip_max_logits_of_an_unknown_module",
+        _qk_update({"atn": _f32(2)}),
+        r"max_logits must have one entry per attention module, keyed by the module's path: "
+        r"expected \['attn'\], got \['atn'\]",
+    ),
+    (
+        "qk_clip_max_logits_of_the_wrong_shape",
+        _qk_update({"attn": _f32(3)}),
+        r"qk_clip: max_logits 'attn' \(shape \(3,\), float32\) does not match the module's heads: "
+        r"its query and key leaves have heads of shape \(2,\)",
+    ),
+    (
+        "cautious_weight_decay_without_params",
+        _update(normtx.add_cautious_weight_decay(0.1), P, G, with_params=False),
+        r"add_cautious_weight_decay: this transform needs the params",
+    ),
     (
         "escape_velocity_without_params",
         _update(normtx.escape_velocity_lr(**EV), P, G, with_params=False),

@@ -23,6 +23,7 @@ BENCHMARKS = (
     "bench_adaptive",
     "bench_train",
     "bench_lr_transfer",
+    "bench_dion",
 )
 
 

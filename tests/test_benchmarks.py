@@ -13,7 +13,7 @@ import pytest
 
 import normtx
 
-from benchmarks import bench_lr_transfer, bench_step, bench_train
+from benchmarks import bench_dion, bench_lr_transfer, bench_step, bench_train
 from benchmarks.tasks import charlm, train
 from benchmarks.tasks import optimizers as opt
 
@@ -87,6 +87,22 @@ def test_bench_lr_transfer_quick(tmp_path, monkeypatch):
         for width, points in per_width.items():
             if (name, int(width)) != dropped:
                 assert resumed["losses"][name][width] == points
+
+
+@pytest.mark.slow
+def test_bench_dion_quick(tmp_path):
+    payload = bench_dion.main(["--quick", "--out", str(tmp_path)])
+    data = _load(tmp_path, "dion")
+    assert data["rows"] == json.loads(json.dumps(payload["rows"]))
+    rows = {(r["shape"], r["method"]): r for r in data["rows"]}
+    shapes = {f"{a}x{b}" for a, b in bench_dion.QUICK["shapes"]}
+    assert set(rows) == {(s, m) for s in shapes for m in ("newton_schulz", "dion 1/4", "dion 1/16")}
+    assert rows["64x64", "dion 1/4"]["rank"] == 16
+    assert rows["64x256", "dion 1/16"]["rank"] == 4
+    for (shape, _), r in rows.items():
+        assert r["time_ms"] > 0
+        base = rows[shape, "newton_schulz"]["time_ms"]
+        assert r["vs_newton_schulz"] == pytest.approx(r["time_ms"] / base)
 
 
 @pytest.mark.slow

@@ -251,7 +251,7 @@ def qk_clip(
       # in the model: y = self.attention(x, sow_weights=True)   (passes the module to sow into)
 
       def loss_fn(model, x, y):
-          out, sown = nnx.capture(model, nnx.Intermediate)(x)  # Flax < 0.12: nnx.pop after
+          out, sown = nnx.capture(model, nnx.Intermediate)(x)  # or model(x), nnx.pop(...)
           return ...(out, y), normtx.transforms.collect_max_logits(sown)
 
       (loss, max_logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
@@ -261,9 +261,9 @@ def qk_clip(
     with or without biases (map the biases too: the logit is bilinear in ``(W_q, b_q)`` and
     ``(W_k, b_k)``), rotary embeddings (a rotation of q and k: the logits still scale by γ).
     Not supported: grouped-query/multi-query attention and MLA's shared rotary key (a key head
-    serving several query heads, which the K2 report handles by scaling the query side only),
-    and QK-norm (a normalisation after the projection undoes the scaling). An additive attention
-    bias is not part of the ``q·k`` logit that is clipped.
+    serving several query heads; for MLA the K2 report scales the head-specific rotary query by
+    γ and leaves the shared rotary key alone), and QK-norm (a normalisation after the projection
+    undoes the scaling). An additive attention bias is not part of the ``q·k`` logit clipped.
 
     Args:
       threshold: ``τ > 0`` (the K2 report uses 100): a number, an array (e.g. under

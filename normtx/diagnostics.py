@@ -46,10 +46,18 @@ def diagnostics(opt_state: Any, updates: Any = None) -> dict[str, jax.Array]:
       ``{path: scalar}`` for every 0-d float, int or bool leaf of ``opt_state``, plus
       ``'finite'``.
 
-    Example::
-
-      updates, state = tx.update(grads, state, params)
-      logs = normtx.diagnostics(state, updates)   # {'0/eta': ..., 'finite': ...}
+    Example:
+      >>> tx = optax.chain(
+      ...     normtx.escape_velocity_lr(normtx.dualize(norms.linf()), norm=norms.linf()),
+      ...     optax.scale_by_learning_rate(1.0))
+      >>> params = {"w": jnp.ones(3, jnp.float32)}
+      >>> state = tx.init(params)
+      >>> updates, state = jax.jit(tx.update)({"w": jnp.ones(3, jnp.float32)}, state, params)
+      >>> logs = normtx.diagnostics(state, updates)
+      >>> sorted(logs)
+      ['0/count', '0/denominator', '0/eta', '0/numerator', 'finite']
+      >>> bool(logs["finite"]), int(logs["0/count"])
+      (True, 1)
     """
     out: dict[str, jax.Array] = {}
     flags = []

@@ -31,3 +31,114 @@ def test_readme_example_runs_as_written_and_trains():
         exec(compile(blocks[0], str(README), "exec"), {"__name__": "__readme__"})
     final = float(re.search(r"final loss ([0-9.]+)", out.getvalue()).group(1))
     assert final < 0.5 * math.log(10)  # far below the loss of a uniform guess over 10 classes
+
+
+# --- Install section, links and references: what a package index page shows --------------------
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: hatchling (dev extra) brings tomli
+    import tomli as tomllib
+
+ROOT = README.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+REPO = "https://github.com/normtx/normtx"
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _install_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", _section("Install"), re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.strip().splitlines()]
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower() for req in requirements}
+
+
+def test_install_section_follows_the_two_commands():
+    text = README.read_text()
+    assert text.index("make test") < text.index("\n## Install\n") < text.index("```python")
+    assert text.index("\n## Install\n") < min(
+        text.index(h) for h in re.findall(r"\n## [^\n]+\n", text) if h != "\n## Install\n"
+    )
+
+
+def test_install_commands_from_a_checkout_and_from_git():
+    assert _install_commands() == [
+        "pip install .",
+        'pip install ".[notebooks]"',
+        f'pip install "normtx[notebooks] @ git+{REPO}"',
+    ]
+
+
+def test_install_claims_match_pyproject():
+    section = _section("Install")
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]
+    assert set(re.findall(r"`(\w+)`", section.split("The extras are", 1)[1])) >= set(extras)
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    comments = [line.split("#", 1)[1] for line in block.strip().splitlines()]
+    # "from a checkout: normtx with jax, optax, chex, flax and numpy"
+    core = set(re.findall(r"[a-z]+", comments[0].split(" with ", 1)[1])) - {"and"}
+    assert core == _requirement_names(project["dependencies"])
+    # "and what the notebooks use (scikit-learn, matplotlib, tqdm, ipykernel)"
+    named = set(re.findall(r"[a-z-]+", comments[1].split("(", 1)[1]))
+    assert named <= _requirement_names(extras["notebooks"])
+    versions = re.search(r"Python (3\.\d+) to (3\.\d+)\.", section).groups()
+    assert project["requires-python"] == f">={versions[0]}"
+    minors = [c.rsplit(":: ", 1)[1] for c in project["classifiers"] if re.search(r":: 3\.\d+$", c)]
+    assert (minors[0], minors[-1]) == versions
+    docs = _requirement_names(extras["docs"])
+    assert {"sphinx", "furo"} <= docs <= _requirement_names(extras["dev"])
+
+
+def test_api_docs_link_and_make_docs():
+    section = _section("Install")
+    url = PYPROJECT["project"]["urls"]["Documentation"]
+    assert f"]({url})" in section
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^docs: .*\n\t.*sphinx -b html -W .*docs docs/_build/html$", makefile, re.M)
+    assert "`make docs` builds it\ninto `docs/_build/html`" in section
+    assert re.search(r"pip install --quiet -e '\.\[dev\]'", makefile)  # what `make test` installs
+
+
+def test_notebooks_install_the_way_the_readme_says():
+    import nbformat
+
+    command = _install_commands()[-1]
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        first = next(cell for cell in notebook.cells if cell.cell_type == "code").source
+        repo_url = re.search(r'^REPO_URL = "([^"]+)"$', first, re.M).group(1)
+        spec = re.search(r'f"(normtx[^"]*)"', first).group(1).replace("{REPO_URL}", repo_url)
+        assert '"-m", "pip", "install"' in first, path.name
+        assert command == f'pip install "{spec}"', path.name
+
+
+def test_links_are_absolute_and_repository_links_exist():
+    text = README.read_text()
+    links = LINK.findall(text)
+    assert links
+    for url in links:
+        assert url.startswith("https://"), f"relative link {url!r} breaks on a package index page"
+        match = re.match(rf"{REPO}/(?:blob|raw)/main/(.+)$", url)
+        if match:
+            assert (ROOT / match.group(1)).is_file(), f"{url} names no file of the repository"
+    assert re.search(rf"\]\({REPO}/(?:blob|raw)/main/", text)
+
+
+def test_references_cite_papers_not_local_files():
+    text = README.read_text()
+    assert "../shared" not in text
+    assert "seeds/" not in text
+    references = _section("References")
+    assert "[arXiv:2409.20325](https://arxiv.org/abs/2409.20325)" in references
+    assert "*Old Optimizer, New Norm: An Anthology*" in references
+    assert "*Adaptive Learning Methods*" in references

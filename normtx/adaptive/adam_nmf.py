@@ -152,11 +152,20 @@ def scale_by_adam_nmf(
         ``vectors='error'``, a leaf of rank > 2 without dimension numbers, or a non-float leaf,
         naming the leaf's path, shape and dtype.
 
-    Example::
+    Example:
+      One EM round fits a rank-1 ``G²`` exactly (``A B`` = row sums × column sums / total), so
+      the first step on ``G = u vᵀ`` is ``G / |G|``: sign descent.
 
-      tx = optax.chain(
-          normtx.adaptive.scale_by_adam_nmf(rank=2, key=jax.random.key(0), vectors="diagonal"),
-          optax.scale_by_learning_rate(1e-3))
+      >>> tx = optax.chain(
+      ...     normtx.adaptive.scale_by_adam_nmf(rank=1, key=jax.random.key(0), vectors="diagonal"),
+      ...     optax.scale_by_learning_rate(1.0))
+      >>> params = {"w": jnp.zeros((2, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+      >>> g = jnp.outer(jnp.array([1.0, -2.0]), jnp.array([3.0, 4.0, -5.0])).astype(jnp.float32)
+      >>> grads = {"w": g, "b": jnp.array([2.0, -1.0, 4.0], jnp.float32)}
+      >>> updates, _ = jax.jit(tx.update)(grads, tx.init(params))
+      >>> print(np.round(updates["w"], 2))
+      [[-1. -1.  1.]
+       [ 1.  1. -1.]]
 
     References:
       Stratos, *Adaptive Learning Methods*, §5.1, Appendix K (eq. 91–96, footnote 11), K.2

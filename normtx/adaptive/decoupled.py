@@ -90,12 +90,17 @@ def add_decoupled_weight_decay(
         ``weight_decay`` or a schedule passed as a peak; at ``init`` for non-float leaves; at
         ``update`` when ``params`` is missing.
 
-    Example::
+    Example:
+      Adam's first direction is ``g / |g|``; ``s_1 = schedule(0) = 1``.
 
-      tx = optax.chain(optax.scale_by_adam(),
-                       normtx.adaptive.add_decoupled_weight_decay(
-                           learning_rate=1e-3, weight_decay=1e-4,
-                           schedule=optax.cosine_decay_schedule(1.0, 10_000)))
+      >>> tx = optax.chain(optax.scale_by_adam(),
+      ...                  normtx.adaptive.add_decoupled_weight_decay(
+      ...                      learning_rate=1e-3, weight_decay=1e-4,
+      ...                      schedule=optax.cosine_decay_schedule(1.0, 10_000)))
+      >>> w = jnp.array([1.0, -2.0], jnp.float32)
+      >>> u, _ = jax.jit(tx.update)(jnp.array([0.5, 0.5], jnp.float32), tx.init(w), w)
+      >>> print(np.round(u, 6))  # -(1e-3 · (1, 1) + 1e-4 · (1, -2))
+      [-0.0011 -0.0008]
 
     References:
       Stratos, *Adaptive Learning Methods*, §4.3–4.4. Wortsman et al., *Small-scale proxies for
@@ -175,11 +180,19 @@ def adamw_fully_decoupled(
     Returns:
       An ``optax.GradientTransformation`` returning the final update; it needs ``params``.
 
-    Example::
+    Example:
+      A warm-up from ``s = 0`` makes the first step zero, decay included.
 
-      tx = normtx.adaptive.adamw_fully_decoupled(
-          learning_rate=3e-3, weight_decay=1e-4,
-          schedule=optax.warmup_cosine_decay_schedule(0.0, 1.0, 100, 10_000))
+      >>> tx = normtx.adaptive.adamw_fully_decoupled(
+      ...     learning_rate=3e-3, weight_decay=1e-4,
+      ...     schedule=optax.warmup_cosine_decay_schedule(0.0, 1.0, 100, 10_000))
+      >>> w = jnp.array([1.0, -2.0], jnp.float32)
+      >>> u, state = jax.jit(tx.update)(jnp.array([0.5, 0.5], jnp.float32), tx.init(w), w)
+      >>> bool(jnp.all(u == 0))
+      True
+      >>> u, state = jax.jit(tx.update)(jnp.array([0.5, 0.5], jnp.float32), state, w)  # s_2 = 0.01
+      >>> bool(jnp.all(u < 0))
+      True
 
     References:
       Stratos, *Adaptive Learning Methods*, §4.3–4.4 (DESIGN §6 erratum). Wortsman et al., ICLR

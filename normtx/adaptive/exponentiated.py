@@ -83,12 +83,14 @@ def exponentiated_gradient(
       ValueError: at construction for a non-positive learning rate; at ``init`` for non-float
         leaves or an ``axis`` out of range (naming the leaf); at ``update`` without ``params``.
 
-    Example::
-
-      tx = normtx.adaptive.exponentiated_gradient(learning_rate=0.1)
-      w = jnp.full((10,), 0.1)              # uniform on Δ⁹
-      u, state = tx.update(g, tx.init(w), w)
-      w = optax.apply_updates(w, u)         # still on Δ⁹
+    Example:
+      >>> tx = normtx.adaptive.exponentiated_gradient(learning_rate=0.1)
+      >>> w = jnp.full((10,), 0.1, jnp.float32)  # uniform on Δ⁹
+      >>> g = jnp.zeros(10, jnp.float32).at[0].set(1.0)
+      >>> u, state = jax.jit(tx.update)(g, tx.init(w), w)
+      >>> w = optax.apply_updates(w, u)  # still on Δ⁹
+      >>> print(f"{float(w.sum()):.5f} {float(w[0]):.4f}")  # w₀ = e^{-0.1} / (e^{-0.1} + 9)
+      1.00000 0.0914
 
     References:
       Stratos, *Adaptive Learning Methods*, §1.1–1.2, Appendix D (eq. 53) and E (Lemma E.1).

@@ -94,10 +94,15 @@ def scale_by_full_adagrad(
         the flattened leaf's statistics only, so an update of the same size but another shape (a
         transposed kernel) cannot be told apart: pass updates shaped like the params.
 
-    Example::
+    Example:
+      At the first step ``Σ = g gᵀ`` and its pseudo-inverse root maps ``g`` to ``g / ‖g‖₂``.
 
-      tx = optax.chain(normtx.adaptive.scale_by_full_adagrad(block_size=256),
-                       optax.scale_by_learning_rate(0.1))
+      >>> tx = optax.chain(normtx.adaptive.scale_by_full_adagrad(block_size=256),
+      ...                  optax.scale_by_learning_rate(0.1))
+      >>> w = {"w": jnp.zeros(2, jnp.float32)}
+      >>> updates, _ = jax.jit(tx.update)({"w": jnp.array([3.0, 4.0], jnp.float32)}, tx.init(w))
+      >>> print(np.round(updates["w"], 4))  # -0.1 · (3, 4) / 5
+      [-0.06 -0.08]
 
     References:
       Stratos, *Adaptive Learning Methods*, §3.2 (eq. 33–36), Fact 2.1, Lemma C.4. Duchi, Hazan &

@@ -254,10 +254,16 @@ def newton_schulz(
         schedule or normalization, a badly shaped coefficient array, or ``gram=True`` with a
         compute dtype narrower than float32.
 
-    Example::
-
-      u = normtx.linalg.newton_schulz(grad, steps=8)              # ≈ U Vᵀ to ~1e-3
-      u = normtx.linalg.newton_schulz(grad, coefficients='muon')   # Muon's quintic
+    Example:
+      >>> g = jax.random.normal(jax.random.key(0), (6, 4), jnp.float32)
+      >>> U, _, Vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+      >>> u = normtx.linalg.newton_schulz(g, steps=8)  # Polar Express: ≈ U Vᵀ to ~1e-3
+      >>> bool(np.abs(np.asarray(u, np.float64) - U @ Vt).max() < 3e-3)
+      True
+      >>> u = normtx.linalg.newton_schulz(g, coefficients="muon")  # Muon's quintic: σ in ~[0.7, 1.2]
+      >>> s = np.linalg.svd(np.asarray(u, np.float64), compute_uv=False)
+      >>> bool(((0.6 < s) & (s < 1.25)).all())
+      True
 
     References:
       Anthology Appendix A (eq. 36–37); Amsel et al. (2025), Algorithm 1.

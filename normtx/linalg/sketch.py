@@ -94,9 +94,15 @@ def sketch_polar(
     Raises:
       ValueError: without a key, for a rank outside ``[1, min(m, n)]``, or bad integers.
 
-    Example::
+    Example:
+      A matrix of rank 2 is captured whole by a rank-2 sketch: the result is its ``U_2 V_2ᵀ``.
 
-      u = normtx.linalg.polar(grad, method='sketch', key=jax.random.key(0), rank=16)
+      >>> k1, k2 = jax.random.split(jax.random.key(1))
+      >>> g = jax.random.normal(k1, (8, 2), jnp.float32) @ jax.random.normal(k2, (2, 6), jnp.float32)
+      >>> u = normtx.linalg.polar(g, method="sketch", key=jax.random.key(0), rank=2)
+      >>> U, _, Vt = np.linalg.svd(np.asarray(g, np.float64))
+      >>> bool(np.allclose(np.asarray(u, np.float64), U[:, :2] @ Vt[:2], atol=1e-4))
+      True
 
     References:
       Halko, Martinsson & Tropp (2011), Algorithms 4.4 and 5.1.

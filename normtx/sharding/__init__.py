@@ -107,10 +107,15 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
       TypeError: for a params leaf without a ``NamedSharding``, naming its path.
       ValueError: for params on more than one mesh, or an empty tree.
 
-    Example::
-
-      opt_shardings = normtx.sharding.state_shardings(tx, params)
-      opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    Example:
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> row_sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+      >>> params = {"w": jax.device_put(jnp.zeros((4, 2), jnp.float32), row_sharded)}
+      >>> tx = optax.adam(1e-3)
+      >>> opt_shardings = normtx.sharding.state_shardings(tx, params)
+      >>> opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+      >>> opt_state[0].mu["w"].sharding == row_sharded  # Adam's moments are sharded as w
+      True
     """
     flat, _ = flatten_with_paths(params, is_leaf=_hole)
     flat = [(p, x) for p, x in flat if not _hole(x)]

@@ -48,9 +48,16 @@ def dualize(norm: NormSpec | Modular, *, mesh: Mesh | None = None) -> optax.Grad
       ValueError: at ``init`` (or trace time) for a leaf its norm cannot measure — naming the path,
         shape and dtype — or a norm tree that does not match the params.
 
-    Example::
+    Example:
+      Sign descent (Prop. 2): ``dualize(linf)`` maps ``g`` to ``sign(g)``.
 
-      tx = optax.chain(normtx.dualize(normtx.norms.linf()), optax.scale_by_learning_rate(1e-3))
+      >>> tx = optax.chain(normtx.dualize(normtx.norms.linf()), optax.scale_by_learning_rate(0.5))
+      >>> params = {"w": jnp.zeros((2, 2), jnp.float32)}
+      >>> grads = {"w": jnp.array([[0.3, -2.0], [5.0, -0.1]], jnp.float32)}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params))
+      >>> print(updates["w"])
+      [[-0.5  0.5]
+       [-0.5  0.5]]
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Prop. 1, 2, 5 (2024).
@@ -106,10 +113,18 @@ def scale_by_dual_norm(
       state ``ScaleByDualNormState`` keeps the last update's dual norm ``Σ_l N_l†(G_l)/s_l`` for
       logging (``normtx.diagnostics``).
 
-    Example::
+    Example:
+      The Prop. 5 step for ``G = diag(3, 1)``: ``‖G‖† = tr Σ = 4`` and ``dualize(G) = U Vᵀ = I``,
+      so the update is ``-(4/10) I``.
 
-      tx = optax.chain(normtx.scale_by_dual_norm(normtx.norms.spectral(), sharpness=10.0),
-                       optax.scale(-1.0))
+      >>> tx = optax.chain(normtx.scale_by_dual_norm(normtx.norms.spectral(), sharpness=10.0),
+      ...                  optax.scale(-1.0))
+      >>> g = jnp.array([[3.0, 0.0], [0.0, 1.0]], jnp.float32)
+      >>> updates, state = jax.jit(tx.update)(g, tx.init(g))
+      >>> print(f"{float(state[0].dual_norm):.4f}")
+      4.0000
+      >>> bool(jnp.allclose(updates, -0.4 * jnp.eye(2), atol=1e-4))
+      True
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Prop. 1, 3, 5, 7 (2024).

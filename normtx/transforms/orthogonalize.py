@@ -155,15 +155,29 @@ def orthogonalize_newton_schulz(
         a float matrix (rank 1, integer, rank > 2 without dimension numbers), naming its path,
         shape and dtype.
 
-    Example::
+    Example:
+      Muon's split: kernels (conv kernels by their dimension numbers) get ``√(d_out/d_in) U Vᵀ``,
+      the rest Adam, whose first step is ``g / (|g| + ε)``.
 
-      tx = optax.chain(
-          optax.partition(
-              {"ns": normtx.orthogonalize_newton_schulz(
-                  dimension_numbers=lambda p, x: normtx.dims.CONV_HWIO if x.ndim == 4 else None),
-               "adam": optax.scale_by_adam()},
-              lambda params: jax.tree.map(lambda x: "ns" if x.ndim >= 2 else "adam", params)),
-          optax.scale_by_learning_rate(0.02))
+      >>> tx = optax.chain(
+      ...     optax.partition(
+      ...         {"ns": normtx.orthogonalize_newton_schulz(
+      ...             dimension_numbers=lambda p, x: normtx.dims.CONV_HWIO if x.ndim == 4 else None),
+      ...          "adam": optax.scale_by_adam()},
+      ...         lambda params: jax.tree.map(lambda x: "ns" if x.ndim >= 2 else "adam", params)),
+      ...     optax.scale_by_learning_rate(0.02))
+      >>> params = {"conv": jnp.zeros((3, 3, 2, 4), jnp.float32),
+      ...           "kernel": jnp.zeros((8, 2), jnp.float32), "bias": jnp.zeros(2, jnp.float32)}
+      >>> keys = jax.random.split(jax.random.key(0), 2)
+      >>> grads = {"conv": jax.random.normal(keys[0], (3, 3, 2, 4), jnp.float32),
+      ...          "kernel": jax.random.normal(keys[1], (8, 2), jnp.float32),
+      ...          "bias": jnp.array([0.5, -3.0], jnp.float32)}
+      >>> updates, _ = jax.jit(tx.update)(grads, tx.init(params))
+      >>> print(np.round(updates["bias"], 6))
+      [-0.02  0.02]
+      >>> s = np.linalg.svd(np.asarray(updates["kernel"], np.float64), compute_uv=False)
+      >>> bool(np.allclose(s, 0.02 * np.sqrt(2 / 8), rtol=0.15))  # 5 steps: σ(X_5) ≈ 1 ± 0.15
+      True
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology* (2024), Prop. 5, Appendix A.

@@ -28,21 +28,14 @@ import optax
 
 from normtx._numerics import compute_dtype, div_by_max, safe_div
 from normtx._pytree import check_state_shape, flatten_state_field
-from normtx._validation import (
-    check_choice,
-    check_positive,
-    check_prng_key,
-    check_probability,
-    check_static,
-)
+from normtx._validation import check_prng_key, check_probability, check_static
 from normtx.adaptive._leaves import DimsSpec, matrix_shape
 from normtx.dims import as_matrices
 from normtx.transforms.neuron_norm import matrix_leaves
-from normtx.transforms.orthogonalize import Scale, _scale_factor
+from normtx.transforms.orthogonalize import Scale, _scale_factor, check_scale
 
 __all__ = ["OrthogonalizeDionState", "dion_rank", "orthogonalize_dion"]
 
-_SCALES = ("spectral", "rms_to_rms", "muon")
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -154,14 +147,7 @@ def orthogonalize_dion(
     ):
         raise ValueError(f"{what}: rank_fraction must be in (0, 1], got {rank_fraction!r}.")
     check_probability("mu", mu, what)
-    if isinstance(scale, str):
-        check_choice("scale", scale, _SCALES, what)
-    elif (isinstance(scale, numbers.Real) and not isinstance(scale, bool)) or hasattr(
-        scale, "dtype"
-    ):
-        check_positive("scale", scale, what)
-    else:
-        raise ValueError(f"{what}: scale must be one of {_SCALES} or a number > 0, got {scale!r}.")
+    check_scale(scale, what)
 
     def init_fn(params):
         moms, qs = [], []

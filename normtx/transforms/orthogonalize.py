@@ -58,6 +58,19 @@ def _scale_factor(scale: Scale, d_in: int, d_out: int) -> float | jax.Array:
     return scale  # a number, or an array under optax.inject_hyperparams
 
 
+def check_scale(scale: Scale, what: str) -> None:
+    """Raises ``ValueError`` unless ``scale`` is one of ``'spectral'``, ``'rms_to_rms'``,
+    ``'muon'`` or a number > 0 (an array passes: ``optax.inject_hyperparams``)."""
+    if isinstance(scale, str):
+        check_choice("scale", scale, _SCALES, what)
+    elif (isinstance(scale, numbers.Real) and not isinstance(scale, bool)) or hasattr(
+        scale, "dtype"
+    ):
+        check_positive("scale", scale, what)
+    else:
+        raise ValueError(f"{what}: scale must be one of {_SCALES} or a number > 0, got {scale!r}.")
+
+
 def _leaf_plan(path: str, leaf: Any, dims: DimensionNumbers | None, scale: Scale) -> _Leaf:
     desc = describe_leaf(path, leaf)
     dtype = getattr(leaf, "dtype", None)
@@ -186,14 +199,7 @@ def orthogonalize_newton_schulz(
     check_int("steps", steps, _WHAT, minimum=1)
     check_static("coefficients", coefficients, _WHAT, arrays=True)
     schedule = newton_schulz_schedule(coefficients, steps)
-    if isinstance(scale, str):
-        check_choice("scale", scale, _SCALES, _WHAT)
-    elif (isinstance(scale, numbers.Real) and not isinstance(scale, bool)) or hasattr(
-        scale, "dtype"
-    ):
-        check_positive("scale", scale, _WHAT)
-    else:
-        raise ValueError(f"{_WHAT}: scale must be one of {_SCALES} or a number > 0, got {scale!r}.")
+    check_scale(scale, _WHAT)
     if compute_dtype is not None and not jnp.issubdtype(jnp.dtype(compute_dtype), jnp.floating):
         raise ValueError(f"{_WHAT}: compute_dtype must be a float dtype, got {compute_dtype!r}.")
     check_choice("normalization", normalization, NORMALIZATIONS, _WHAT)

@@ -1,27 +1,34 @@
-"""Does the best learning rate transfer across width? AdamW against normtx modular descent.
+"""Does the best learning rate transfer across width or depth? AdamW against normtx modular descent.
 
-For widths 64, 128, 256 and 512 of the char-LM transformer (depth, context, batch, steps and data
-order fixed; ``width // 32`` heads), sweep the learning rate of ``optax.adamw`` and of normtx modular
-descent (``benchmarks.tasks.optimizers``) on factor-2 grids and record the final validation loss.
-Where the best loss lies on an edge of the grid, the grid grows by a factor 2 past that edge, up to
-``extensions`` times. The best LR per width is the grid minimum refined by a parabola through it and
-its two neighbours in log-LR (kept within those neighbours; the grid point itself at an edge, and
-then the drift below is only a lower bound, flagged ``at_grid_edge``/``edge``). The *drift* of an
-optimizer is ``max_w lr*(w) / min_w lr*(w)`` over the widths; the target for normtx is a drift
-<= 2, with AdamW's reported beside it.
+``--axis width`` (default): for widths 64, 128, 256 and 512 of the char-LM transformer (depth,
+context, batch, steps and data order fixed; ``width // 32`` heads), sweep the learning rate of
+``optax.adamw`` and of normtx modular descent (``benchmarks.tasks.optimizers``) on factor-2 grids
+and record the final validation loss. Where the best loss lies on an edge of the grid, the grid
+grows by a factor 2 past that edge, up to ``extensions`` times. The best LR per width is the grid
+minimum refined by a parabola through it and its two neighbours in log-LR (kept within those
+neighbours; the grid point itself at an edge, and then the drift below is only a lower bound,
+flagged ``at_grid_edge``/``edge``). The *drift* of an optimizer is ``max_w lr*(w) / min_w lr*(w)``
+over the widths; the target for normtx is a drift <= 2, with AdamW's reported beside it.
 
 ``embed_stds`` repeats everything per initialisation of the embedding tables: ``None`` is Flax's
 default (rows of RMS ``1/sqrt(width)``), ``1.0`` gives rows of unit RMS, which is what the ℓ1 -> RMS
 norm that normtx gives embeddings assumes (anthology Prop. 8 and epilogue).
 
-Prints the table, writes ``benchmarks/results/lr_transfer.json`` and ``lr_transfer.png`` (loss
-against LR, one curve per width, one panel per optimizer).
+``--axis depth``: the same at depths 2, 4 and 8 (width 64, 2 heads, unit-RMS embedding rows;
+everything else as above), for AdamW, normtx modular descent with every scale ``s_l = 1``, and
+with modula's masses (``scales='mass'``: ``s_l = M``, the number of normed leaves, so every leaf
+moves by ``lr / M`` and the global LR is expected to grow with depth). The drift is now across
+depths; the target for normtx is again <= 2.
 
-    python -m benchmarks.bench_lr_transfer [--quick] [--out DIR] [--resume]
+Prints the table, writes ``benchmarks/results/lr_transfer.json`` (``lr_transfer_depth.json`` for
+``--axis depth``) and a PNG of the same name (loss against LR, one curve per width or depth, one
+panel per optimizer).
 
-``--resume`` keeps the sweeps already in ``DIR/lr_transfer.json`` whose settings (all but the
-widths) match, and runs only the missing (optimizer, width) pairs: a long run that was stopped, or
-one made before a width was added, is completed rather than repeated.
+    python -m benchmarks.bench_lr_transfer [--axis width|depth] [--quick] [--out DIR] [--resume]
+
+``--resume`` keeps the sweeps already in that JSON whose settings (all but the widths or depths)
+match, and runs only the missing (optimizer, width or depth) pairs: a long run that was stopped,
+or one made before a width was added, is completed rather than repeated.
 """
 
 from __future__ import annotations
@@ -63,13 +70,61 @@ QUICK = {
     "embed_stds": (None,),
     "lrs": {"optax.adamw": (1e-3, 4e-3, 1.6e-2), "normtx modular": (0.02, 0.08, 0.32)},
 }
+FULL_DEPTH = {
+    "depths": (2, 4, 8),
+    "width": 64,
+    "context": 32,
+    "batch_size": 16,
+    "steps": 60,
+    "eval_windows": 64,
+    "extensions": 2,
+    "embed_stds": (1.0,),
+    "lrs": {
+        "optax.adamw": (2e-3, 4e-3, 8e-3, 1.6e-2),
+        "normtx modular": (0.01, 0.02, 0.04, 0.08),
+        "normtx modular, mass scales": (0.5, 1.0, 2.0, 4.0),
+    },
+}
+QUICK_DEPTH = {
+    "depths": (1, 2),
+    "width": 32,
+    "context": 16,
+    "batch_size": 8,
+    "steps": 10,
+    "eval_windows": 16,
+    "extensions": 1,
+    "embed_stds": (1.0,),
+    "lrs": {
+        "optax.adamw": (1e-3, 4e-3, 1.6e-2),
+        "normtx modular": (0.02, 0.08, 0.32),
+        "normtx modular, mass scales": (0.5, 2.0, 8.0),
+    },
+}
+# --axis: (full settings, quick settings, results name)
+AXES = {
+    "width": (FULL, QUICK, "lr_transfer"),
+    "depth": (FULL_DEPTH, QUICK_DEPTH, "lr_transfer_depth"),
+}
 
 
 def factories(steps: int) -> dict:
     return {
         "optax.adamw": lambda lr: opt.adamw(lr, steps),
         "normtx modular": lambda lr: opt.modular(lr, steps),
+        "normtx modular, mass scales": lambda lr: opt.modular(lr, steps, scales="mass"),
     }
+
+
+def model_config(s: dict, axis: str, value: int, embed_std: float | None) -> charlm.Config:
+    """The transformer at ``value`` of ``axis`` (``width // 32`` heads), the rest from ``s``."""
+    width = value if axis == "width" else s["width"]
+    return charlm.Config(
+        depth=value if axis == "depth" else s["depth"],
+        width=width,
+        heads=max(width // 32, 1),
+        context=s["context"],
+        embed_std=embed_std,
+    )
 
 
 def refined_best(lrs: Sequence[float], losses: Sequence[float]) -> float:
@@ -101,83 +156,89 @@ def sweep_to_interior(task, make, lrs, *, name: str, extensions: int, **kw):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv, resumable=True)
-    s = QUICK if args.quick else FULL
+    args = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        resumable=True,
+        options=lambda p: p.add_argument(
+            "--axis", choices=tuple(AXES), default="width", help="what varies (default: width)"
+        ),
+    )
+    full, quick, name = AXES[args.axis]
+    s = quick if args.quick else full
+    values = f"{args.axis}s"  # the settings key of the varied sizes
     makers = factories(s["steps"])
     kw = {"steps": s["steps"], "batch_size": s["batch_size"], "eval_every": s["steps"]}
-    curves = _previous(args.out / "lr_transfer.json", s) if args.resume else {}
-    for width in s["widths"]:
+    path = args.out / f"{name}.json"
+    curves = _previous(path, s, values) if args.resume else {}
+    for value in s[values]:
         for std in s["embed_stds"]:
-            cfg = charlm.Config(
-                depth=s["depth"],
-                width=width,
-                heads=max(width // 32, 1),
-                context=s["context"],
-                embed_std=std,
-            )
+            cfg = model_config(s, args.axis, value, std)
             task = charlm.task(cfg, eval_windows=s["eval_windows"])
-            for name, make in makers.items():
-                key = name if std is None else f"{name}, embed std {std:g}"
-                if width in curves.get(key, {}):
+            for opt_name in s["lrs"]:
+                key = opt_name if std is None else f"{opt_name}, embed std {std:g}"
+                if value in curves.get(key, {}):
                     continue
-                curves.setdefault(key, {})[width] = sweep_to_interior(
+                curves.setdefault(key, {})[value] = sweep_to_interior(
                     task,
-                    make,
-                    s["lrs"][name],
-                    name=f"{key} w={width}",
+                    makers[opt_name],
+                    s["lrs"][opt_name],
+                    name=f"{key} {args.axis[0]}={value}",
                     extensions=s["extensions"],
                     **kw,
                 )
                 # Written after every sweep: a long run that is stopped leaves its evidence so
                 # far, and --resume takes it up from there.
-                payload = _report(s, curves)
-                write_json(args.out, "lr_transfer", payload)
-    payload = _report(s, curves)
-    write_json(args.out, "lr_transfer", payload)
-    _plot(s, curves, args.out / "lr_transfer.png")
-    print(f"\nLR transfer: widths {s['widths']}, depth {s['depth']}, {s['steps']} steps\n")
+                write_json(args.out, name, _report(s, args.axis, curves))
+    payload = _report(s, args.axis, curves)
+    write_json(args.out, name, payload)
+    _plot(s, args.axis, curves, args.out / f"{name}.png")
+    fixed = {"width": f"depth {s.get('depth')}", "depth": f"width {s.get('width')}"}[args.axis]
+    print(f"\nLR transfer: {values} {s[values]}, {fixed}, {s['steps']} steps\n")
     print(format_table(payload["rows"]))
-    for name, d in payload["drift"].items():
-        bound = " (at least: a best LR lies on its grid's edge)" if payload["edge"][name] else ""
-        print(f"{name}: best LR moves by {d:.3g}x across widths{bound}")
+    for key, d in payload["drift"].items():
+        bound = " (at least: a best LR lies on its grid's edge)" if payload["edge"][key] else ""
+        print(f"{key}: best LR moves by {d:.3g}x across {values}{bound}")
     return payload
 
 
-def _previous(path: pathlib.Path, s: dict) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    """The sweeps recorded in ``path`` if its settings other than the widths equal ``s``'s."""
+def _previous(
+    path: pathlib.Path, s: dict, values: str
+) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """The sweeps recorded in ``path`` if its settings other than ``s[values]`` equal ``s``'s."""
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
     ours = json.loads(json.dumps(s))  # tuples -> lists, as stored
-    if {k: v for k, v in old["settings"].items() if k != "widths"} != {
-        k: v for k, v in ours.items() if k != "widths"
+    if {k: v for k, v in old["settings"].items() if k != values} != {
+        k: v for k, v in ours.items() if k != values
     }:
         print(f"--resume: the settings in {path} differ; starting afresh")
         return {}
     return {
         name: {
-            int(w): [(p["lr"], math.inf if p["val_loss"] is None else p["val_loss"]) for p in pts]
-            for w, pts in per_width.items()
-            if int(w) in s["widths"]
+            int(v): [(p["lr"], math.inf if p["val_loss"] is None else p["val_loss"]) for p in pts]
+            for v, pts in per_value.items()
+            if int(v) in s[values]
         }
-        for name, per_width in old["losses"].items()
+        for name, per_value in old["losses"].items()
     }
 
 
-def _report(s: dict, curves: dict) -> dict:
-    """Rows (best LR per optimizer and width), the drift, and the raw losses."""
+def _report(s: dict, axis: str, curves: dict) -> dict:
+    """Rows (best LR per optimizer and width or depth), the drift, and the raw losses."""
     rows, drift, edge = [], {}, {}
-    for name, per_width in curves.items():
+    for name, per_value in curves.items():
         best = {}
-        for width, points in per_width.items():
+        for value, points in per_value.items():
             lrs, ys = zip(*points)
             i = int(np.argmin(ys))
-            best[width] = refined_best(lrs, ys)
+            best[value] = refined_best(lrs, ys)
             rows.append(
                 {
                     "optimizer": name,
-                    "width": width,
-                    "best_lr": best[width],
+                    axis: value,
+                    "best_lr": best[value],
                     "grid_best_lr": lrs[i],
                     "at_grid_edge": i in (0, len(lrs) - 1),
                     "best_val_loss": tr.finite_or_none(ys[i]),
@@ -186,18 +247,19 @@ def _report(s: dict, curves: dict) -> dict:
         drift[name] = max(best.values()) / min(best.values())
         edge[name] = any(r["at_grid_edge"] for r in rows if r["optimizer"] == name)
     return {
+        "axis": axis,
         "settings": s,
-        # every (optimizer, width) pair swept
-        "complete": all(set(per_width) == set(s["widths"]) for per_width in curves.values())
+        # every (optimizer, width or depth) pair swept
+        "complete": all(set(per_value) == set(s[f"{axis}s"]) for per_value in curves.values())
         and len(curves) == len(s["embed_stds"]) * len(s["lrs"]),
         "corpus_sha256": charlm.corpus()["sha256"],
         "rows": rows,
         "losses": {
             name: {
-                str(w): [{"lr": lr, "val_loss": tr.finite_or_none(y)} for lr, y in points]
-                for w, points in per_width.items()
+                str(v): [{"lr": lr, "val_loss": tr.finite_or_none(y)} for lr, y in points]
+                for v, points in per_value.items()
             }
-            for name, per_width in curves.items()
+            for name, per_value in curves.items()
         },
         "drift": drift,
         "edge": edge,
@@ -205,16 +267,16 @@ def _report(s: dict, curves: dict) -> dict:
     }
 
 
-def _plot(s, curves, path) -> None:
+def _plot(s, axis, curves, path) -> None:
     fig, axes = tr.subplots(len(curves), width=4.5, sharey=True)
-    for ax, (name, per_width) in zip(axes, curves.items()):
-        for width, points in per_width.items():
+    for ax, (name, per_value) in zip(axes, curves.items()):
+        for value, points in per_value.items():
             lrs, ys = zip(*points)
             ax.plot(
                 lrs,
                 [y if math.isfinite(y) else np.nan for y in ys],
                 marker="o",
-                label=f"width {width}",
+                label=f"{axis} {value}",
             )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("peak learning rate")

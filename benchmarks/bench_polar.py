@@ -96,7 +96,8 @@ def _svd_polar(g):
     return u @ vh
 
 
-_OPTAX_NS = jax.jit(
+# optax.contrib.muon's Newton–Schulz on one matrix: Jordan's quintic, 5 steps, in the input's dtype.
+OPTAX_NS = jax.jit(
     lambda g: _muon.orthogonalize_via_newton_schulz(g, jnp.asarray(MUON, g.dtype), 5)
 )
 
@@ -127,7 +128,7 @@ def bench_matrix(m: int, n: int, family: str, cfg: dict, rng) -> tuple[list[dict
     x = jnp.asarray(g, jnp.float32)
     methods: dict[str, tuple[str, int | None, Callable]] = {
         "jnp.linalg.svd": ("svd", None, jax.jit(_svd_polar)),
-        "optax muon NS": ("muon", 5, _OPTAX_NS),
+        "optax muon NS": ("muon", 5, OPTAX_NS),
         "normtx polar_express": ("polar_express", 5, _ns(5)),
     }
     if cfg["extras"]:  # left out of --quick: fewer compilations
@@ -199,7 +200,7 @@ def bench_tree(n_leaves: int, d: int, cfg: dict, rng) -> tuple[list[dict], dict]
         "optax muon NS (per leaf)": (
             "muon",
             False,
-            jax.jit(lambda t: {k: _OPTAX_NS(v) for k, v in t.items()}),
+            jax.jit(lambda t: {k: OPTAX_NS(v) for k, v in t.items()}),
         ),
         "normtx polar_express batched": ("polar_express", True, transform("polar_express", True)),
         "normtx polar_express per-leaf": (

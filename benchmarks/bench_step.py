@@ -58,6 +58,15 @@ def candidates() -> dict:
     }
 
 
+def random_like(params, seed: int = 1):
+    """Standard normal gradients with the structure, shapes and dtypes of ``params``."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+
+
 def update_times(candidates: dict, params, grads, repeats: int) -> dict[str, float]:
     """Median seconds of one jitted ``tx.update`` per optimizer, in interleaved rounds."""
     fns = {}
@@ -85,11 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     s = QUICK if args.quick else FULL
     task = charlm.task(s["model"], eval_windows=8)
     graphdef, params = tr.init_params(task, 0)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    grads = jax.tree.unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-    )
+    grads = random_like(params)
     order = jnp.asarray(tr.batch_order(0, 1, s["batch_size"], task.num_positions)[0])
     n_params = tr.tree_size(params)
 

@@ -41,9 +41,11 @@ def parse_args(
     *,
     out: pathlib.Path = RESULTS,
     resumable: bool = False,
+    options: Callable[[argparse.ArgumentParser], Any] | None = None,
 ) -> argparse.Namespace:
     """``--quick`` (small settings for CI smoke tests), ``--out`` (results folder, default
-    ``out``) and, for ``resumable`` benchmarks, ``--resume`` (keep what ``--out`` already holds)."""
+    ``out``), for ``resumable`` benchmarks ``--resume`` (keep what ``--out`` already holds), and
+    the benchmark's own flags, which ``options(parser)`` adds."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small settings (CI smoke test)")
     parser.add_argument("--out", type=pathlib.Path, default=out, help="results folder")
@@ -53,6 +55,8 @@ def parse_args(
             action="store_true",
             help="reuse the results already in --out that were run with the same settings",
         )
+    if options is not None:
+        options(parser)
     return parser.parse_args(argv)
 
 

@@ -9,11 +9,12 @@ import pathlib
 import types
 
 import jax
+import numpy as np
 import pytest
 
 import normtx
 
-from benchmarks import bench_dion, bench_lr_transfer, bench_step, bench_train
+from benchmarks import bench_accelerator, bench_dion, bench_lr_transfer, bench_step, bench_train
 from benchmarks.tasks import charlm, train
 from benchmarks.tasks import optimizers as opt
 
@@ -87,6 +88,32 @@ def test_bench_lr_transfer_quick(tmp_path, monkeypatch):
         for width, points in per_width.items():
             if (name, int(width)) != dropped:
                 assert resumed["losses"][name][width] == points
+
+
+@pytest.mark.slow
+def test_bench_lr_transfer_depth_quick(tmp_path):
+    payload = bench_lr_transfer.main(["--quick", "--axis", "depth", "--out", str(tmp_path)])
+    data = _load(tmp_path, "lr_transfer_depth")
+    assert data["axis"] == "depth"
+    assert data["complete"]
+    depths = data["settings"]["depths"]
+    assert {(r["optimizer"], r["depth"]) for r in data["rows"]} == {
+        (name, d) for name in data["drift"] for d in depths
+    }
+    assert any("mass scales" in name for name in data["drift"])
+    assert all(d >= 1.0 for d in payload["drift"].values())
+
+
+@pytest.mark.parametrize("axis", ["width", "depth"])
+def test_lr_transfer_model_config_varies_one_axis(axis):
+    full = bench_lr_transfer.AXES[axis][0]
+    for value in full[f"{axis}s"]:
+        cfg = bench_lr_transfer.model_config(full, axis, value, 1.0)
+        assert getattr(cfg, axis) == value
+        fixed = "depth" if axis == "width" else "width"
+        assert getattr(cfg, fixed) == full[fixed]
+        assert cfg.heads == max(cfg.width // 32, 1)
+        assert cfg.embed_std == 1.0
 
 
 @pytest.mark.slow
@@ -164,3 +191,73 @@ def test_run_all_runs_every_benchmark_in_its_own_process_and_stops_at_a_failure(
     assert run_all.main(["--quick"]) == 3
     assert [c[2] for c in calls] == [f"benchmarks.{n}" for n in run_all.BENCHMARKS[:3]]
     assert all(c[1] == "-m" and c[3:] == ["--quick"] for c in calls)
+
+
+@pytest.mark.slow
+def test_bench_accelerator_quick(tmp_path, monkeypatch):
+    """Every part runs on CPU; a case that raises is recorded in its row and the others go on."""
+    full = bench_accelerator.step_candidates()
+
+    def broken():
+        raise RuntimeError("this optimizer fails to build")
+
+    kept = (bench_accelerator.BASELINE, "optax.adamw", "normtx modular")
+    monkeypatch.setattr(
+        bench_accelerator,
+        "step_candidates",
+        lambda: {**{k: full[k] for k in kept}, "broken": broken},
+    )
+    bench_accelerator.main(["--quick", "--out", str(tmp_path)])
+    data = _load(tmp_path, "accelerator")
+    assert data["settings"]["layers"] == 1
+    assert not data["complete"]  # the broken optimizer
+    polar = {(r["method"], r["dtype"]): r for r in data["polar"]}
+    assert set(polar) == {
+        (m, d) for m in bench_accelerator.polar_methods("float32") for d in bench_accelerator.DTYPES
+    }
+    for r in polar.values():
+        assert r["status"] == "ok"
+        assert min(r["time_ms"], r["compile_s"]) > 0
+        assert 0 <= r["max_abs_sigma_minus_1"] < 1
+    # Stacked and leaf by leaf compute the same polar factors.
+    for dtype in bench_accelerator.DTYPES:
+        assert polar["normtx stacked (polar_express)", dtype]["max_abs_sigma_minus_1"] == (
+            pytest.approx(polar["normtx per-leaf (polar_express)", dtype]["max_abs_sigma_minus_1"])
+        )
+    step = {r["optimizer"]: r for r in data["step"]}
+    assert set(step) == {*kept, "broken"}
+    assert step["broken"]["status"].startswith("error: RuntimeError")
+    assert step["broken"]["update_status"].startswith("error: RuntimeError")
+    assert "step_ms" not in step["broken"]
+    for name in kept:
+        r = step[name]
+        assert r["status"] == r["update_status"] == "ok"
+        assert min(r["step_ms"], r["compile_s"], r["update_ms"]) > 0
+        assert r["share"] == pytest.approx(1 - step[kept[0]]["step_ms"] / r["step_ms"])
+    assert step[kept[0]]["share"] == 0
+    assert data["tokens_per_step"] == 2 * 16
+    assert data["model"]["depth"] == 1
+
+
+def test_bench_accelerator_out_of_budget_still_writes_its_table(tmp_path):
+    payload = bench_accelerator.main(["--quick", "--budget", "0", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "accelerator.json").read_text())
+    assert not data["complete"]
+    assert data["polar_tree"]["status"] == "skipped: time budget"
+    assert all(r["status"].startswith("not run") for r in data["polar"] + data["step"])
+    assert len(data["polar"]) == 4 * len(bench_accelerator.DTYPES)
+    assert payload["parts"] == list(bench_accelerator.PARTS)
+
+
+@pytest.mark.parametrize("shape", [(8, 20), (20, 8), (6, 6)])
+def test_max_abs_sigma_minus_1_closed_form(shape):
+    # X = U diag(s) Vᵀ with prescribed singular values: the answer is max|s - 1|.
+    rng = np.random.default_rng(0)
+    m, n = shape
+    k = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    s = np.linspace(0.7, 1.2, k)
+    x = (u * s) @ v.T
+    tree = {"a": np.asarray(x, np.float32), "b": np.eye(3, dtype=np.float32)}
+    assert bench_accelerator.max_abs_sigma_minus_1(tree) == pytest.approx(0.3, abs=1e-5)

@@ -9,6 +9,7 @@ peak (1 for the step-size estimators, whose peak is a multiplier).
 - ``muon``: ``optax.contrib.muon`` on the hidden kernels (``MuonDimensionNumbers`` from
   ``normtx.roles.infer``), Adam at ``adam_lr`` on everything else — the Muon recipe of
   Jordan et al. (embeddings, head, gains and biases are not orthogonalised).
+- ``normtx_muon``: ``normtx.optimizers.muon``, the same recipe from normtx's parts.
 - ``prodigy``: ``optax.contrib.prodigy`` with learning rate 1 (no tuning).
 - ``modular``: ``normtx.optimizers.modular_descent`` — steepest descent under the role-based
   modular norm (anthology Prop. 7) with momentum, at a global learning rate; Newton–Schulz
@@ -38,6 +39,7 @@ __all__ = [
     "modular_norms",
     "muon",
     "muon_dimension_numbers",
+    "normtx_muon",
     "prodigy",
     "schedule",
     "shampoo",
@@ -81,6 +83,12 @@ def muon(lr: float, steps: int, *, adam_lr: float) -> optax.GradientTransformati
     )
 
 
+def normtx_muon(lr: float, steps: int, *, adam_lr: float) -> optax.GradientTransformation:
+    """``normtx.optimizers.muon``: Muon on the hidden kernels (found by ``normtx.roles``), AdamW
+    at ``adam_lr`` on the other leaves."""
+    return normtx.optimizers.muon(schedule(lr, steps), adam_learning_rate=schedule(adam_lr, steps))
+
+
 def prodigy(steps: int) -> optax.GradientTransformation:
     return optax.contrib.prodigy(schedule(1.0, steps))
 
@@ -95,9 +103,10 @@ def modular_norms() -> dict[str, norms.Norm]:
     return {"hidden": ns, "attention": ns, "conv": ns, "head": ns}
 
 
-def modular(lr: float, steps: int) -> optax.GradientTransformation:
-    """``normtx.optimizers.modular_descent`` (its default momentum 0.9) at peak ``lr``."""
-    return normtx.optimizers.modular_descent(schedule(lr, steps), norms=modular_norms())
+def modular(lr: float, steps: int, **geometry) -> optax.GradientTransformation:
+    """``normtx.optimizers.modular_descent`` (its default momentum 0.9) at peak ``lr``;
+    ``geometry`` goes to it (e.g. ``scales='mass'``)."""
+    return normtx.optimizers.modular_descent(schedule(lr, steps), norms=modular_norms(), **geometry)
 
 
 def modular_ev(steps: int) -> optax.GradientTransformation:

@@ -17,7 +17,7 @@ __all__ = [
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-    """Reductions and matrix functions run in at least float32 (DESIGN §2, dtypes).
+    """Reductions and matrix functions run in at least float32.
 
     float16/bfloat16 (and non-float dtypes) -> float32; float32 and float64 stay. No implicit
     promotion is involved, so it also holds under ``jax.numpy_dtype_promotion('strict')``.
@@ -62,8 +62,7 @@ def finite_matrices(x: jax.Array) -> jax.Array:
 def _pow2(k: jax.Array, dtype) -> jax.Array:
     """``2^k`` exactly in ``dtype`` (float32 or float64) for integers ``k`` in its normal range."""
     info = jnp.finfo(dtype)
-    itype = jnp.int32 if info.bits == 32 else jnp.int64
-    biased = k.astype(itype) + (info.maxexp - 1)
+    biased = k + (info.maxexp - 1)
     return lax.bitcast_convert_type(biased << info.nmant, dtype)
 
 
@@ -72,13 +71,20 @@ def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
 
     Safe for every finite ``m``, which ``x / m`` is not: XLA rewrites a division by a broadcast
     scalar as a product with ``1/m``, subnormal for ``m >= 2^126`` (8.5e37 in float32) and flushed
-    to 0 on CPU — a 1e38 gradient had a zero direction. Here ``m = f·2^e`` (``0.5 <= f < 1``):
-    ``x`` is scaled by ``2^-e`` exactly (two normal halves), then divided by ``f``. ``m = 0`` (so
-    ``x = 0``) gives 0. A non-finite ``m`` (a NaN or Inf in the group) makes the whole group NaN:
-    visible downstream, and never an Inf inside LAPACK (its SVD of a matrix with an Inf entry
-    hangs). float32 or float64.
+    to 0 on CPU — a 1e38 gradient had a zero direction. Here ``m = f·2^e`` with ``e`` read off
+    the exponent bits of ``m`` (``1 <= f < 2`` for a normal ``m``; a subnormal ``m`` has the
+    smallest ``e`` and ``f < 1``): ``x`` is scaled by ``2^-e`` exactly (two normal halves), then
+    divided by ``f``. A handful of integer operations, no ``frexp``: this runs for every leaf of
+    every update, and its size is compile time. ``m = 0`` (so ``x = 0``) gives 0. A non-finite
+    ``m`` (a NaN or Inf in the group) makes the whole group NaN: visible downstream, and never an
+    Inf inside LAPACK (its SVD of a matrix with an Inf entry hangs). float32 or float64.
     """
-    f, e = jnp.frexp(m)
-    h = e // 2
+    info = jnp.finfo(x.dtype)
+    itype = jnp.int32 if info.bits == 32 else jnp.int64
+    bits = lax.bitcast_convert_type(m.astype(x.dtype), itype)
+    field = (bits >> info.nmant) & ((1 << info.nexp) - 1)
+    e = jnp.maximum(field, 1) - (info.maxexp - 1)  # a subnormal m scales like the smallest normal
+    h = e >> 1  # floor(e / 2): both halves 2^-h and 2^(h-e) stay normal
     y = x * _pow2(-h, x.dtype) * _pow2(h - e, x.dtype)
+    f = m.astype(x.dtype) * _pow2(-h, x.dtype) * _pow2(h - e, x.dtype)
     return jnp.where(jnp.isfinite(m), safe_div(y, f), jnp.nan)

@@ -109,12 +109,18 @@ def cautious(
       ValueError: at construction, for an ``inner`` that is not a ``GradientTransformation`` or a
         ``mean_floor`` outside ``(0, 1]``.
 
-    Example::
+    Example:
+      C-AdamW is ``optax.chain(normtx.cautious(optax.scale_by_adam()),
+      optax.add_decayed_weights(1e-2), optax.scale_by_learning_rate(1e-3))``. With heavy-ball
+      momentum: at the second step ``m = 0.9 (1, 1, 1, 1) + (1, -0.5, 1, 1)`` disagrees with ``g``
+      on the second coordinate, which is dropped; the other three are divided by ``mean φ = 3/4``.
 
-      # C-AdamW: the cautious Adam direction, decoupled decay, then the learning rate.
-      tx = optax.chain(normtx.cautious(optax.scale_by_adam()),
-                       optax.add_decayed_weights(1e-2),
-                       optax.scale_by_learning_rate(1e-3))
+      >>> tx = normtx.cautious(optax.trace(decay=0.9))
+      >>> step = jax.jit(tx.update)
+      >>> _, state = step(jnp.ones(4, jnp.float32), tx.init(jnp.zeros(4, jnp.float32)))
+      >>> u, state = step(jnp.array([1.0, -0.5, 1.0, 1.0], jnp.float32), state)
+      >>> print(np.round(u, 4))  # (1.9, 0, 1.9, 1.9) / 0.75
+      [2.5333 0.     2.5333 2.5333]
 
     References:
       Liang, Chen, Liu & Liu, *Cautious Optimizers: Improving Training with One Line of Code*,
@@ -179,12 +185,16 @@ def add_cautious_weight_decay(
       ValueError: at construction for a negative or non-finite ``weight_decay``; at ``update``
         when ``params`` is missing.
 
-    Example::
+    Example:
+      In a chain: ``optax.chain(optax.scale_by_adam(), normtx.add_cautious_weight_decay(0.1),
+      optax.scale_by_learning_rate(1e-3))``. Alone, on a direction ``u``: the decay is added where
+      ``u`` and ``x`` agree in sign (the first and last coordinates).
 
-      # Cautious AdamW (C-AdamW's update with cautious weight decay).
-      tx = optax.chain(optax.scale_by_adam(),
-                       normtx.add_cautious_weight_decay(0.1),
-                       optax.scale_by_learning_rate(1e-3))
+      >>> tx = normtx.add_cautious_weight_decay(0.1)
+      >>> x = jnp.array([2.0, -1.0, -3.0], jnp.float32)
+      >>> u, _ = jax.jit(tx.update)(jnp.array([1.0, 1.0, -1.0], jnp.float32), tx.init(x), x)
+      >>> [round(float(v), 4) for v in u]  # (1 + 0.2, 1, -1 - 0.3)
+      [1.2, 1.0, -1.3]
 
     References:
       Chen, Li, Liang, Su, Xie, Pierse, Liang, Lao & Liu, *Cautious Weight Decay*,

@@ -102,13 +102,19 @@ def scale_by_neuron_rms(
         non-empty float matrix (a bias, an integer leaf, rank > 2 without dimension numbers),
         naming its path, shape and dtype.
 
-    Example::
+    Example:
+      NorMuon's direction (end the chain with ``optax.scale_by_learning_rate``). At the first
+      step every neuron is divided by ``√(1-β)`` times its RMS, so all neurons have the same RMS
+      and ``scale_to_rms`` makes it ``ρ``:
 
-      tx = optax.chain(
-          normtx.orthogonalize_newton_schulz(scale="spectral", coefficients="muon"),
-          normtx.scale_by_neuron_rms(decay=0.95),
-          normtx.scale_to_rms(rms=0.2),
-          optax.scale_by_learning_rate(0.02))
+      >>> tx = optax.chain(
+      ...     normtx.orthogonalize_newton_schulz(scale="spectral", coefficients="muon"),
+      ...     normtx.scale_by_neuron_rms(decay=0.95),
+      ...     normtx.scale_to_rms(rms=0.2))
+      >>> g = jax.random.normal(jax.random.key(0), (8, 4), jnp.float32)
+      >>> u, _ = jax.jit(tx.update)(g, tx.init(g))
+      >>> print(np.round(np.sqrt(np.mean(np.square(u), axis=0)), 4))  # RMS of each neuron
+      [0.2 0.2 0.2 0.2]
 
     References:
       Li, Liu, Liang, Chen & Zhao, *NorMuon: Making Muon more efficient and scalable*,
@@ -173,10 +179,18 @@ def scale_to_rms(
       ValueError: at construction for ``rms <= 0``; at ``init`` for a leaf that is not a
         non-empty float matrix, naming its path, shape and dtype.
 
-    Example::
+    Example:
+      ``X = diag(3, 4)`` has RMS ``‖X‖_F/√4 = 5/2``, so it is multiplied by ``0.2 / 2.5``:
 
-      tx = optax.chain(normtx.orthogonalize_newton_schulz(scale="spectral"),
-                       normtx.scale_to_rms(rms=0.2), optax.scale_by_learning_rate(3e-4))
+      >>> tx = normtx.scale_to_rms(rms=0.2)
+      >>> x = jnp.array([[3.0, 0.0], [0.0, 4.0]], jnp.float32)
+      >>> u, _ = jax.jit(tx.update)(x, tx.init(x))
+      >>> print(np.round(u, 4))
+      [[0.24 0.  ]
+       [0.   0.32]]
+
+      AdaMuon's alignment after the polar factor: ``optax.chain(normtx.orthogonalize_newton_schulz(
+      scale="spectral"), normtx.scale_to_rms(rms=0.2), optax.scale_by_learning_rate(3e-4))``.
 
     References:
       Li et al., *NorMuon*, arXiv:2510.05491 (2025), Algorithm 1 (``η̂ = 0.2 η √(mn)/‖Ô_t‖_F``);

@@ -287,10 +287,22 @@ def qk_clip(
         without ``params`` or ``max_logits``, or for max logits that miss a module or do not have
         its head shape.
 
-    Example::
+    Example:
+      In a chain: ``optax.chain(normtx.optimizers.muon(0.02), normtx.qk_clip(threshold=100.0))``.
+      Alone, on a Flax attention module ``attn`` of 2 heads whose largest logits were 400 and 50:
+      head 0 is scaled by ``√(100/400)``, head 1 is left alone.
 
-      tx = optax.chain(normtx.optimizers.muon(0.02), normtx.qk_clip(threshold=100.0))
-      updates, state = tx.update(grads, state, params, max_logits=max_logits)
+      >>> tx = normtx.qk_clip(threshold=100.0)
+      >>> params = {"attn": {"query": {"kernel": jnp.ones((4, 2, 3), jnp.float32)},
+      ...                    "key": {"kernel": jnp.ones((4, 2, 3), jnp.float32)}}}
+      >>> zero = jax.tree.map(jnp.zeros_like, params)
+      >>> max_logits = {"attn": jnp.array([400.0, 50.0], jnp.float32)}
+      >>> u, state = jax.jit(tx.update)(zero, tx.init(params), params, max_logits=max_logits)
+      >>> print(optax.apply_updates(params, u)["attn"]["query"]["kernel"][0])  # (heads, d_head)
+      [[0.5 0.5 0.5]
+       [1.  1.  1. ]]
+      >>> int(state.num_clipped)
+      1
 
     References:
       Kimi Team, *Kimi K2: Open Agentic Intelligence*, arXiv:2507.20534 (2025), §2.1 (MuonClip,

@@ -36,7 +36,6 @@ LITERAL_EXAMPLES = {
     "normtx.escape_velocity_lr",
     "normtx.modular_norm",
     "normtx.modular_norm_partition",
-    "normtx.orthogonalize_dion",
     "normtx.adaptive.scale_by_shampoo",
     "normtx.linalg.inverse_pth_root",
     "normtx.norms.Modular",

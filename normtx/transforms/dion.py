@@ -125,12 +125,23 @@ def orthogonalize_dion(
         non-empty float matrix (a bias, an integer leaf, rank > 2 without dimension numbers),
         naming its path, shape and dtype.
 
-    Example::
+    Example:
+      Dion on the kernels, the raw gradient elsewhere. An ``8 × 8`` kernel with
+      ``rank_fraction=0.25`` gets a rank-2 direction ``Q Pᵀ`` (``s = 1``): ``‖Q Pᵀ‖_F² =
+      tr(QᵀQ) = 2`` for unit columns ``Q`` and orthonormal ``P``.
 
-      tx = optax.chain(
-          optax.masked(normtx.orthogonalize_dion(rank_fraction=0.25, key=jax.random.key(0)),
-                       lambda p: jax.tree.map(lambda x: x.ndim == 2, p)),
-          optax.scale_by_learning_rate(0.01))
+      >>> tx = optax.chain(
+      ...     optax.masked(normtx.orthogonalize_dion(rank_fraction=0.25, key=jax.random.key(0)),
+      ...                  lambda p: jax.tree.map(lambda x: x.ndim == 2, p)),
+      ...     optax.scale_by_learning_rate(0.01))
+      >>> params = {"kernel": jnp.zeros((8, 8), jnp.float32), "bias": jnp.zeros(8, jnp.float32)}
+      >>> grads = {"kernel": jax.random.normal(jax.random.key(1), (8, 8), jnp.float32),
+      ...          "bias": jnp.ones(8, jnp.float32)}
+      >>> u, _ = jax.jit(tx.update)(grads, tx.init(params))
+      >>> int(np.linalg.matrix_rank(np.asarray(u["kernel"], np.float64), tol=1e-6))
+      2
+      >>> print(f"{float(jnp.linalg.norm(u['kernel'])):.5f}")  # 0.01 · √2
+      0.01414
 
     References:
       Ahn, Xu, Abreu & Langford, *Dion: Distributed Orthonormalized Updates*, arXiv:2504.05295

@@ -217,6 +217,54 @@ def shampoo(grads, *, beta2=None, exponent=-0.25, idealized=False, every=1, star
     return ups
 
 
+def soap(grads, *, b1, b2, eps, frequency, shampoo_beta=None, left=True, right=True, spectra=None):
+    """SOAP (Vyas et al. 2024) on one matrix ``G`` (m × n), step by step as the paper's reference
+    code: Adam on ``Q_Lᵀ G Q_R`` with the first moment in the original space.
+
+    Call 1 only accumulates ``L = (1-β_s) G Gᵀ``, ``R = (1-β_s) Gᵀ G`` and takes their
+    eigenvectors (``eigh``, largest eigenvalue first); its update is 0. Call ``k >= 2`` is Adam's
+    step ``t = k - 1`` in the current basis (ε added to the debiased ``sqrt(v̂)``, as optax),
+    then ``L``, ``R`` take ``G``, then if ``t % frequency == 0`` each basis is refreshed: its
+    columns sorted by ``diag(Qᵀ L Q)`` (largest first) with ``V``'s rows/columns, then
+    ``Q ← qr(L Q)``. ``left``/``right`` False: that side has no statistic (identity basis).
+    ``shampoo_beta=None`` is ``b2``. Returns the updates (descent directions); a list passed as
+    ``spectra`` receives the eigenvalues of every statistic a basis is computed from.
+    """
+    bs = b2 if shampoo_beta is None else shampoo_beta
+    m, n = f64(grads[0]).shape
+    stat = {"L": np.zeros((m, m)), "R": np.zeros((n, n))}
+    basis = {"L": np.eye(m), "R": np.eye(n)}
+    on = {"L": left, "R": right}
+    M, V = np.zeros((m, n)), np.zeros((m, n))
+    ups = []
+    for k, g in enumerate(map(f64, grads), start=1):
+        t = k - 1
+        if k == 1:
+            ups.append(np.zeros((m, n)))
+        else:
+            ql, qr = basis["L"], basis["R"]
+            gp = ql.T @ g @ qr
+            M = b1 * M + (1 - b1) * g
+            V = b2 * V + (1 - b2) * gp**2
+            n_rot = (ql.T @ M @ qr / (1 - b1**t)) / (np.sqrt(V / (1 - b2**t)) + eps)
+            ups.append(ql @ n_rot @ qr.T)
+        stat["L"] = bs * stat["L"] + (1 - bs) * g @ g.T
+        stat["R"] = bs * stat["R"] + (1 - bs) * g.T @ g
+        for side, axis in (("L", 0), ("R", 1)):
+            if not on[side] or (k > 1 and t % frequency):
+                continue
+            if spectra is not None:
+                spectra.append(np.linalg.eigvalsh(stat[side]))
+            if k == 1:
+                basis[side] = np.linalg.eigh(stat[side])[1][:, ::-1]
+            else:
+                q = basis[side]
+                order = np.argsort(-np.diag(q.T @ stat[side] @ q), kind="stable")
+                V = np.take(V, order, axis=axis)
+                basis[side] = np.linalg.qr(stat[side] @ q[:, order])[0]
+    return ups
+
+
 # --- Appendix E: exponentiated gradient --------------------------------------------------------
 
 

@@ -108,4 +108,9 @@ TRANSFORMS = {
         vectors="graft",
         precondition_every=3,
     ),
+    # Bases refreshed every 2 Adam steps: a checkpoint after step 2 resumes before the first
+    # refresh (step 3). max_precond_dim 6: Dense_0 (6, 8) has L only, Dense_1 (8, 3) R only, each
+    # of full rank from the first gradient (the null-space basis of a rank-deficient statistic is
+    # set by rounding, and so are SOAP's steps: sharded and unsharded runs would differ).
+    "soap": lambda: adaptive.scale_by_soap(precondition_frequency=2, max_precond_dim=6),
 }

@@ -148,6 +148,21 @@ CASES = [
         r"exponent must be -1/p for a positive integer p .*got -0\.3",
     ),
     (
+        "soap_b2_of_one",
+        lambda: adaptive.scale_by_soap(b2=1.0),
+        r"scale_by_soap: b2 must be in \[0, 1\), got 1\.0",
+    ),
+    (
+        "soap_precondition_frequency_zero",
+        lambda: adaptive.scale_by_soap(precondition_frequency=0),
+        r"scale_by_soap: precondition_frequency must be an int >= 1, got 0",
+    ),
+    (
+        "soap_negative_learning_rate",
+        lambda: adaptive.soap(-1e-3),
+        r"soap: learning_rate must be > 0, got -0\.001",
+    ),
+    (
         "escape_velocity_direction_not_a_transform",
         lambda: normtx.escape_velocity_lr(norms.linf(), norm=norms.linf()),
         r"direction must be an optax\.GradientTransformation .*got Lp\(",
@@ -232,6 +247,16 @@ CASES = [
         "integer_leaf_for_shampoo",
         _init(adaptive.scale_by_shampoo(), {"w": jnp.ones((3, 3), jnp.int32)}),
         r"leaf 'w' \(shape \(3, 3\), int32\) is not a real floating array",
+    ),
+    (
+        "integer_leaf_for_soap",
+        _init(adaptive.scale_by_soap(), {"w": jnp.ones((3, 3), jnp.int32)}),
+        r"scale_by_soap: leaf 'w' \(shape \(3, 3\), int32\) is not a real floating array",
+    ),
+    (
+        "rank_three_leaf_without_dims_for_soap",
+        _init(adaptive.scale_by_soap(), {"w": _f32(2, 3, 4)}),
+        r"scale_by_soap: leaf 'w' \(shape \(2, 3, 4\), float32\) has rank 3; .*dimension_numbers",
     ),
     (
         "unknown_role_name_in_roles_tree",
@@ -429,6 +454,12 @@ CASES = [
         _update(adaptive.scale_by_shampoo(), {"w": _f32(3, 4)}, {"w": _f32(4, 3)}),
         r"update 'w' \(shape \(4, 3\), float32\) does not match the state: its statistic L has "
         r"shape \(1, 3, 3\), and a leaf of this shape needs \(1, 4, 4\)",
+    ),
+    (
+        "grads_transposed_against_soap_state",
+        _update(adaptive.scale_by_soap(), {"w": _f32(3, 4)}, {"w": _f32(4, 3)}),
+        r"scale_by_soap: update 'w' \(shape \(4, 3\), float32\) does not match the state: its "
+        r"first moment has shape \(3, 4\), and a leaf of this shape needs \(4, 3\)",
     ),
     (
         "grads_transposed_against_adam_nmf_state",

@@ -101,6 +101,14 @@ STRUCTURAL = {
         "precondition_every": "root schedule, validated as a Python int at construction",
         "start_preconditioning_step": "as precondition_every",
     },
+    "scale_by_soap": {
+        "precondition_frequency": "refresh schedule, validated as a Python int at construction",
+        "max_precond_dim": "which sides have a statistic: state shapes",
+    },
+    "soap": {
+        "precondition_frequency": "as in scale_by_soap",
+        "max_precond_dim": "as in scale_by_soap",
+    },
 }
 
 # Hyperparameters that only ``init`` reads (initial values of the state): changing them in
@@ -113,6 +121,12 @@ INIT_ONLY = {
 }
 
 _MUON_NS = np.array([[3.4445, -4.7750, 2.0315]] * 5)
+
+# A refresh at every Adam step; max_precond_dim 6: Dense_0 (6, 8) has only L, Dense_1 (8, 3) only
+# R, each of full rank. b2 != shampoo_beta: each is read on its own.
+_SOAP = dict(
+    b1=0.8, b2=0.9, shampoo_beta=0.7, eps=1e-3, precondition_frequency=1, max_precond_dim=6
+)
 
 # Every numeric hyperparameter gets a value (the first of the pair) that makes it active: options
 # that switch it on are set here too (step='dual_norm' for sharpness, monotone=False for init_lr).
@@ -205,6 +219,8 @@ BASE = {
         ridge=1e-3,
         vectors="graft",
     ),
+    "scale_by_soap": _SOAP,
+    "soap": dict(_SOAP, learning_rate=0.1, weight_decay=0.1),
 }
 
 # The second value of each pair: half the first, unless that is invalid or not visible in one step.
@@ -233,6 +249,7 @@ MATH = {
             "spectral_descent",
             "modular_descent",
             "scion",
+            "soap",  # -η (D + λ w)
         )
     },
 }
@@ -296,6 +313,7 @@ FINAL = {
     "adamw_fully_decoupled",
     "add_decoupled_weight_decay",
     "exponentiated_gradient",
+    "soap",
 }
 
 

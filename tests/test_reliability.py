@@ -52,6 +52,7 @@ SQUARES = {  # keep g² in state: (1e38)² > float32/bfloat16 max ≈ 3.4e38
     "adam_nmf",
     "shampoo",
     "shampoo(ema, blocks, every=3)",
+    "soap",  # its moments; from the first step its L = EMA of G Gᵀ (skipped, the update NaN)
 }
 # Steps proportional to the dual norm ‖g‖† (Prop. 1/7 with step='dual_norm'): for the all-1e38 tree
 # the exact step is out of range (the RMS dual of a bias alone is √n‖g‖₂ = 8 · 1e38 for n = 8).

@@ -25,6 +25,8 @@ What optax does not have lives here, each an ``optax.GradientTransformation``:
 - ``scale_by_adam_nmf`` — AdamNMF, a rank-r NMF of the second moment by EM (Appendix K.2);
 - ``scale_by_shampoo`` — Shampoo ``L^{-1/4} G R^{-1/4}`` with sum or EMA statistics (§6, 6.1),
   blocking, grafting, stale roots, and the idealized ``-1/2`` iteration (Appendix I.1);
+- ``scale_by_soap`` / ``soap`` — SOAP, Adam in the eigenbasis of Shampoo's statistics (Vyas et al.
+  2024), with the bases refreshed by power iteration and QR; ``soap`` adds decoupled weight decay;
 - ``exponentiated_gradient`` — mirror descent with the negative entropy on the simplex (App. E);
 - ``online_regret`` — the online-convex-optimisation harness of §1 for checking regret bounds.
 """
@@ -39,6 +41,7 @@ from normtx.adaptive.exponentiated import ExponentiatedGradientState, exponentia
 from normtx.adaptive.full_adagrad import ScaleByFullAdagradState, scale_by_full_adagrad
 from normtx.adaptive.regret import OnlineRegret, online_regret
 from normtx.adaptive.shampoo import ScaleByShampooState, scale_by_shampoo
+from normtx.adaptive.soap import ScaleBySoapState, scale_by_soap, soap
 
 __all__ = [
     "DecoupledWeightDecayState",
@@ -47,6 +50,7 @@ __all__ = [
     "ScaleByAdamNMFState",
     "ScaleByFullAdagradState",
     "ScaleByShampooState",
+    "ScaleBySoapState",
     "adamw_fully_decoupled",
     "add_decoupled_weight_decay",
     "em_round",
@@ -55,4 +59,6 @@ __all__ = [
     "scale_by_adam_nmf",
     "scale_by_full_adagrad",
     "scale_by_shampoo",
+    "scale_by_soap",
+    "soap",
 ]

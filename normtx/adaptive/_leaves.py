@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
@@ -22,6 +23,8 @@ __all__ = [
     "DimsSpec",
     "balanced_blocks",
     "check_float_leaves",
+    "eye_batch",
+    "field_trees",
     "matrix_shape",
     "resolve_matrix_leaves",
 ]
@@ -52,6 +55,18 @@ def balanced_blocks(size: int, block_size: int | None) -> tuple[int, int]:
         return 1, max(size, 1)
     count = -(-size // block_size)
     return count, -(-size // count)
+
+
+def eye_batch(batch: int, size: int, dtype) -> jax.Array:
+    """``batch`` identity matrices of side ``size``: ``(batch, size, size)``."""
+    return jnp.broadcast_to(jnp.eye(size, dtype=dtype), (batch, size, size))
+
+
+def field_trees(treedef: Any, rows: list, fields: int) -> list:
+    """State trees from per-leaf rows: ``rows[i]`` holds leaf ``i``'s entry of each of the
+    ``fields`` fields (flatten order); the ``f``-th tree, of ``treedef``'s structure, holds
+    every leaf's ``f``-th entry."""
+    return [jax.tree.unflatten(treedef, [row[f] for row in rows]) for f in range(fields)]
 
 
 def matrix_shape(shape: tuple[int, ...], dims: DimensionNumbers) -> tuple[int, int, int]:

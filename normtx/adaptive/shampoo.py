@@ -75,7 +75,14 @@ from normtx._validation import (
     check_probability,
     check_static,
 )
-from normtx.adaptive._leaves import DimsSpec, balanced_blocks, matrix_shape, resolve_matrix_leaves
+from normtx.adaptive._leaves import (
+    DimsSpec,
+    balanced_blocks,
+    eye_batch,
+    field_trees,
+    matrix_shape,
+    resolve_matrix_leaves,
+)
 from normtx.dims import as_matrices
 from normtx.linalg import inverse_pth_root
 from normtx.linalg.roots import INVERSE_ROOT_METHODS
@@ -124,10 +131,6 @@ def _from_blocks(x: jax.Array, lay: _Layout) -> jax.Array:
     """Inverse of ``_to_blocks``: ``(batch·cm·cn, bm, bn)`` -> ``(batch, m, n)``."""
     x = x.reshape(lay.batch, lay.cm, lay.cn, lay.bm, lay.bn).transpose(0, 1, 3, 2, 4)
     return x.reshape(lay.batch, lay.cm * lay.bm, lay.cn * lay.bn)[:, : lay.m, : lay.n]
-
-
-def _eye_batch(k: int, size: int, dtype) -> jax.Array:
-    return jnp.broadcast_to(jnp.eye(size, dtype=dtype), (k, size, size))
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
@@ -263,24 +266,20 @@ def scale_by_shampoo(
         return out
 
     def init_fn(params):
-        lays = _layouts(params)
-        treedef = jax.tree.structure(params)
-        fields = [[] for _ in range(5)]
-        for lay, leaf in zip(lays, jax.tree.leaves(params), strict=True):
+        rows = []
+        for lay, leaf in zip(_layouts(params), jax.tree.leaves(params), strict=True):
             dt = compute_dtype(leaf.dtype)
             if lay.dims is None:
                 mats = [optax.MaskedNode()] * 4
             else:
                 k = lay.batch * lay.cm * lay.cn
-                eye_m, eye_n = _eye_batch(k, lay.bm, dt), _eye_batch(k, lay.bn, dt)
+                eye_m, eye_n = eye_batch(k, lay.bm, dt), eye_batch(k, lay.bn, dt)
                 mats = [jnp.zeros_like(eye_m), jnp.zeros_like(eye_n), eye_m, eye_n]
             has_v = graft in ("adam", "adagrad")
             mats.append(jnp.zeros(jnp.shape(leaf), dt) if has_v else optax.MaskedNode())
-            for field, x in zip(fields, mats, strict=True):
-                field.append(x)
-        return ScaleByShampooState(
-            jnp.zeros([], jnp.int32), *(jax.tree.unflatten(treedef, f) for f in fields)
-        )
+            rows.append(mats)
+        fields = field_trees(jax.tree.structure(params), rows, 5)
+        return ScaleByShampooState(jnp.zeros([], jnp.int32), *fields)
 
     def graft_step(g: jax.Array, v: jax.Array, tf: jax.Array):
         if graft == "adam":

@@ -12,6 +12,7 @@ __all__ = [
     "finite_matrices",
     "safe_div",
     "sum_widest",
+    "to_compute",
     "widest_float",
 ]
 
@@ -26,6 +27,12 @@ def compute_dtype(dtype) -> jnp.dtype:
     if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
         return dtype
     return jnp.dtype(jnp.float32)
+
+
+def to_compute(x: jax.Array) -> jax.Array:
+    """``x`` as an array in its compute dtype (``compute_dtype``: float32 or wider)."""
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x.dtype))
 
 
 def widest_float(*dtypes) -> jnp.dtype:

@@ -254,16 +254,21 @@ def test_labels_regex_callable_role_and_scanned_names():
     assert _by_path(by_callable)["w"] == Role("conv", (0, 1), (2,))
 
 
-def test_describe_prints_and_returns_the_table(capsys):
+def test_describe_returns_the_table_and_prints_nothing(capsys):
+    """One display in Jupyter: the table is returned (as itself in a REPL, HTML in a notebook)."""
     params = _nnx_params(NnxBlock(50, 16, 4, nnx.Rngs(0)))
     table = roles.describe(params, norms={"head": norms.lp_to_linf(2.0)}, scales={"embedding": 4})
-    assert capsys.readouterr().out.strip() == table.strip()
+    assert capsys.readouterr().out == ""
+    assert repr(table) == str(table)
+    html = table._repr_html_()
+    assert html.count("<tr>") == len(table.splitlines()) - 1  # header + one row per leaf
+    assert "<code>embed/embedding</code>" in html
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:]}
     assert rows["embed/embedding"][3:] == ["embedding", "(0,)->(1,)", "l1_to_rms", "4"]
     assert rows["head/kernel"][3:] == ["head", "(0,)->(1,)", "lp_to_linf(2)", "1"]
     assert rows["attn/out/kernel"][-2:] == ["rms_to_rms[newton_schulz]", "1"]
     assert rows["ln/scale"][-2:] == ["rms", "1"]
-    assert roles.describe(params, print_fn=None) == roles.describe(params, print_fn=None)
+    assert roles.describe(params) == roles.describe(params)
 
 
 def test_geometry_binds_role_axes_to_the_norms():

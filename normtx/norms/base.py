@@ -2,7 +2,7 @@
 
 A norm acts on *slices* of a leaf: a vector norm on the whole leaf (or on each slice along its
 ``batch_axes``), an operator norm on each matrix ``(d_in, d_out)`` picked out by its dimension
-numbers (DESIGN §2). The leaf's norm is the max over slices and its dual the sum: a stack of
+numbers. The leaf's norm is the max over slices and its dual the sum: a stack of
 matrices is measured like a small modular norm with unit scales (anthology Prop. 7).
 
 Subclasses implement three per-slice kernels on an array ``S`` of shape ``(B, ...)`` in the compute
@@ -94,6 +94,15 @@ class Norm(abc.ABC):
         """
         del shape, path
         return None
+
+    def _kernel(self) -> Norm:
+        """This norm without the axes that pick a leaf's slices.
+
+        ``_norms``/``_duals``/``_directions`` read only the slices, so two leaves whose norms have
+        one kernel and whose slices have one shape and dtype can be measured as one stack (one
+        program per stack instead of one per leaf: ``normtx.norms.Modular``).
+        """
+        return self
 
     def _prepare(self, x: jax.Array, path: str) -> tuple[jax.Array, Inverse]:
         x = jnp.asarray(x)

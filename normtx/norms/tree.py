@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from normtx._numerics import compute_dtype, sum_widest, widest_float
+from normtx._numerics import sum_widest, to_compute, widest_float
 from normtx._pytree import broadcast_to_leaves, describe_leaf
 from normtx.linalg import polar
 from normtx.norms.base import Norm
@@ -31,6 +31,7 @@ from normtx.sharding._layout import check_mesh
 from normtx.sharding._owner import map_matrices
 
 __all__ = [
+    "Entry",
     "Modular",
     "NormSpec",
     "ScaleSpec",
@@ -44,6 +45,9 @@ __all__ = [
 NormSpec = Norm | Any | Callable[[str, jax.Array], Norm | None]
 """A ``Norm`` for every leaf, a pytree prefix of Norms (``None`` = no norm), or
 ``(path, leaf) -> Norm | None``."""
+
+Entry = tuple[str, jax.Array, Norm]
+"""``(path, array, norm)``: an array measured or dualized by the norm of the leaf at ``path``."""
 
 ScaleSpec = float | Any | Callable[[str, jax.Array], float] | None
 """A positive scale for every leaf, a pytree prefix of scales, or ``(path, leaf) -> scale``."""
@@ -143,21 +147,61 @@ class Modular:
         duals = self.leaf_dual_norms([e[:3] for e in entries])
         return sum_widest(d / _like(e[3], d) for d, e in zip(duals, entries, strict=True))
 
-    def leaf_dual_norms(self, entries: Sequence[tuple[str, jax.Array, Norm]]) -> list[jax.Array]:
-        """``N_l†(x_l)`` for ``(path, x, norm)`` entries (rows of ``resolve``, or other arrays of
-        the same leaves): ``norm.dual_norm(x)``, except that the polar factors of the spectral
-        family are computed together — same-shape matrices stacked (on CPU only under a mesh),
-        and under a mesh on their owner devices — and the dual read off them, ``<x, dualize(x)>``.
+    def leaf_dual_norms(self, entries: Sequence[Entry]) -> list[jax.Array]:
+        """``N_l†(x_l)`` for ``(path, x, norm)`` entries (computed as ``measure`` of
+        ``leaf_duals_and_directions``: polar factors and same-shape slices stacked)."""
+        return self.leaf_duals_and_directions([], measure=entries)[2]
+
+    def leaf_duals_and_directions(
+        self, entries: Sequence[Entry], *, measure: Sequence[Entry] = ()
+    ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+        """Per entry ``(N_l†(x_l), dualize_l(x_l))``, and ``N_k†(y_k)`` of the ``measure`` entries.
+
+        Unscaled (no ``s_l``), in the compute dtype, directions in their leaf's shape. One
+        decomposition serves both: the dual is read off the direction, ``<x, dualize(x)> = ‖x‖†``.
+        Everything is computed in stacks, one program per stack instead of one per leaf: the
+        polar factors of the spectral family (``Norm._polar_plan``) of the entries and of the
+        measured arrays together, one Newton–Schulz iteration per matrix shape (on its owner
+        devices under a mesh); every other norm's slices grouped by kernel, slice shape and
+        dtype (``Norm._kernel``). A step-size rule that measures the raw gradient while the
+        direction dualizes the momentum (``escape_velocity_lr`` over ``modular_descent``) thus
+        runs one iteration per shape for both.
         """
-        polars = self._polar_directions(entries)
-        return [
-            jnp.sum(_compute(x) * polars[i]) if i in polars else n.dual_norm(x)
-            for i, (_, x, n) in enumerate(entries)
-        ]
+        rows = [(p, x, n, True) for p, x, n in entries] + [(p, x, n, False) for p, x, n in measure]
+        polars = self._polar_directions([r[:3] for r in rows])
+        duals: list[Any] = [None] * len(rows)
+        directions: list[Any] = [None] * len(rows)
+        for i, t in polars.items():
+            duals[i] = jnp.sum(to_compute(rows[i][1]) * t)
+            directions[i] = t
+        groups: dict[Any, list] = {}
+        for i, (path, x, n, want) in enumerate(rows):
+            if i not in polars:
+                sl, inverse = n._slices(to_compute(x), path)
+                key = (n._kernel(), sl.shape[1:], sl.dtype, want)
+                groups.setdefault(key, []).append((i, sl, inverse))
+        for (kernel, _, _, want), members in groups.items():
+            stack = jnp.concatenate([sl for _, sl, _ in members]) if len(members) > 1 else None
+            stack = members[0][1] if stack is None else stack
+            if want:
+                t_all = kernel._directions(stack)
+                per_slice = jnp.sum(stack * t_all, axis=tuple(range(1, stack.ndim)))
+            else:
+                t_all, per_slice = None, kernel._duals(stack)
+            start = 0
+            for i, sl, inverse in members:
+                stop = start + sl.shape[0]
+                duals[i] = jnp.sum(per_slice[start:stop])
+                if want:
+                    directions[i] = inverse(t_all[start:stop])
+                start = stop
+        k = len(entries)
+        return duals[:k], directions[:k], duals[k:]
 
     def _polar_directions(self, entries: Sequence[tuple[str, Any, Norm | None]]) -> dict:
         """``{i: polar(x_i)/factor_i}`` (compute dtype, leaf shape) for the entries whose norm
-        dualizes by a polar factor (``Norm._polar_plan``), computed by the owner strategy."""
+        dualizes by a polar factor (``Norm._polar_plan``), stacked by matrix shape where that
+        pays (``_stack_polar_factors``)."""
         fns: dict[Any, Callable] = {}
         items, factors = [], {}
         for i, (path, x, n) in enumerate(entries):
@@ -165,7 +209,7 @@ class Modular:
             if plan is not None:
                 dims, method, factors[i] = plan
                 fn = fns.setdefault(method, functools.partial(polar, method=method))
-                items.append((path, _compute(x), dims, fn))
+                items.append((path, to_compute(x), dims, fn))
         outs = map_matrices(items, batch=_stack_polar_factors(self.mesh), mesh=self.mesh)
         return {i: p / factors[i] for i, p in zip(factors, outs, strict=True)}
 
@@ -183,44 +227,30 @@ class Modular:
     ) -> tuple[list[jax.Array | None], list[jax.Array | None]]:
         """Per leaf ``N_l†(G_l)/s_l`` and ``dualize_l(G_l)/s_l`` (compute dtype); ``None``: no norm.
 
-        One decomposition per leaf: the dual is read off the direction, ``<G, dualize(G)> = ‖G‖†``.
-        The polar factors of all leaves are computed together (``leaf_dual_norms``): on
-        accelerators and under a mesh one Newton–Schulz program per matrix shape, not per leaf.
+        ``leaf_duals_and_directions`` over the normed leaves, divided by their scales.
         """
         resolved = self.resolve(tree, what)
-        polars = self._polar_directions([(p, g, n) for p, g, n, _ in resolved])
+        normed = [(p, g, n) for p, g, n, _ in resolved if n is not None]
+        pairs = iter(zip(*self.leaf_duals_and_directions(normed)[:2], strict=True))
         duals, directions = [], []
-        for i, (path, g, n, s) in enumerate(resolved):
-            if n is None:
-                duals.append(None)
-                directions.append(None)
-                continue
-            if i in polars:
-                t = polars[i]
-                d = jnp.sum(_compute(g) * t)
-            else:
-                d, t = n.dual_and_dualize(g, path)
-            duals.append(d / _like(s, d))
-            directions.append(t / _like(s, t))
+        for _, _, n, s in resolved:
+            d, t = (None, None) if n is None else next(pairs)
+            duals.append(None if d is None else d / _like(s, d))
+            directions.append(None if t is None else t / _like(s, t))
         return duals, directions
 
 
 def _stack_polar_factors(mesh: Mesh | None) -> bool:
     """Whether same-shape polar factors are stacked (one program per shape): on accelerators and
     over a mesh. Without a mesh on CPU they go leaf by leaf: there XLA runs the independent
-    iterations concurrently, while a stack runs as a loop (see ``normtx.linalg.newton_schulz``) —
-    measured on a 6-layer transformer, 2 cores: 119 ms per update stacked, 101 ms leaf by leaf."""
+    iterations concurrently, while a stack runs as a loop (see ``normtx.linalg.newton_schulz``),
+    slower per update at little saving of compile time (the iteration is one shared function)."""
     return mesh is not None or jax.default_backend() != "cpu"
 
 
 def _like(s: Any, x: jax.Array) -> jax.Array:
     """The scale ``s`` in ``x``'s dtype: a float64 array scale does not promote ``x``."""
     return jnp.asarray(s).astype(x.dtype)
-
-
-def _compute(x: jax.Array) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(compute_dtype(x.dtype))
 
 
 def as_modular(norm: NormSpec | Modular, mesh: Mesh | None = None) -> Modular:

@@ -1,5 +1,6 @@
 """Gradient transformations built on the norms: directions, step sizes, the modular step."""
 
+from normtx.geometry.modular import RoleModular, modular_norm
 from normtx.transforms.cautious import (
     CautiousState,
     CautiousWeightDecayState,
@@ -8,17 +9,8 @@ from normtx.transforms.cautious import (
 )
 from normtx.transforms.dion import OrthogonalizeDionState, orthogonalize_dion
 from normtx.transforms.dualize import ScaleByDualNormState, dualize, scale_by_dual_norm
-from normtx.transforms.escape_velocity import (
-    EscapeVelocityState,
-    ProdigyMomentsState,
-    escape_velocity_lr,
-)
-from normtx.transforms.modular import (
-    ModularNormPartitionState,
-    RoleModular,
-    modular_norm,
-    modular_norm_partition,
-)
+from normtx.transforms.escape_velocity import EscapeVelocityState, escape_velocity_lr
+from normtx.transforms.modular import ModularNormPartitionState, modular_norm_partition
 from normtx.transforms.neuron_norm import ScaleByNeuronRmsState, scale_by_neuron_rms, scale_to_rms
 from normtx.transforms.orthogonalize import orthogonalize_newton_schulz
 from normtx.transforms.qk_clip import (
@@ -36,7 +28,6 @@ __all__ = [
     "EscapeVelocityState",
     "ModularNormPartitionState",
     "OrthogonalizeDionState",
-    "ProdigyMomentsState",
     "QKClipState",
     "QKLeaf",
     "RoleModular",

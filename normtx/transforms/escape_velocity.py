@@ -27,13 +27,12 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from normtx._numerics import compute_dtype, div_by_max, safe_div, widest_float
+from normtx._numerics import compute_dtype, div_by_max, safe_div, to_compute, widest_float
 from normtx._pytree import describe_leaf, flatten_with_paths
-from normtx._validation import check_choice, check_positive, value_at
+from normtx._validation import check_choice, check_positive
 from normtx.norms.tree import Modular, NormSpec, as_modular
-from normtx.norms.vector import linf
 
-__all__ = ["EscapeVelocityState", "ProdigyMomentsState", "escape_velocity_lr"]
+__all__ = ["EscapeVelocityState", "escape_velocity_lr"]
 
 Rule = Literal["prodigy", "cosine"]
 Anchor = Literal["initial", "previous"]
@@ -51,13 +50,6 @@ class EscapeVelocityState(NamedTuple):
     direction: optax.OptState  # the wrapped direction's own state
 
 
-class ProdigyMomentsState(NamedTuple):
-    """State of Prodigy's direction inside ``optimizers.prodigy`` (eqs. 22–23)."""
-
-    mu: optax.Updates  # m_t = β₁ m_{t-1} + (1-β₁) η_t g_t (eq. 22), state dtype
-    nu: optax.Updates  # v_t = β₂ v_{t-1} + (1-β₂) η_t² g_t² (eq. 23), state dtype
-
-
 class _Step(NamedTuple):
     """What a direction may read of the step size: η_t (applied now), η_{t+1} and the count."""
 
@@ -67,10 +59,20 @@ class _Step(NamedTuple):
 
 
 class _Direction(NamedTuple):
-    """A direction that may read the step size: ``update(g, state, params, step: _Step)``."""
+    """A direction for the step-size rule.
+
+    ``update(g, state, params, step: _Step)`` returns ``(direction, state)``. A direction that
+    ``measures`` is called before the rule, as ``update(g, state, params, step, measure)`` with
+    ``measure`` a list of ``(path, array, norm)`` entries, and returns ``(direction, state,
+    duals)`` with ``duals[k] = N_k†(array_k)`` (unscaled): it computes those dual norms in the
+    same programs as its own direction (one Newton–Schulz iteration per matrix shape for the
+    gradient's nuclear norms and the momentum's polar factors), and ``step.next_eta`` is then
+    not known to it (``None``).
+    """
 
     init: Callable[[Any], Any]
-    update: Callable[..., tuple[Any, Any]]
+    update: Callable[..., tuple[Any, ...]]
+    measures: bool = False
 
 
 # (eta, count) -> (w_r, w_s): r_t = β₃ r_{t-1} + w_r <g_t, a_t>, s_t = β₃ s_{t-1} + w_s g_t.
@@ -181,7 +183,7 @@ def escape_velocity_lr(
       Parameter-Free Learner*, Algorithm 3 (2023).
     """
     what = "escape_velocity_lr"
-    if not isinstance(direction, optax.GradientTransformation):
+    if not isinstance(direction, (optax.GradientTransformation, _Direction)):
         raise ValueError(
             f"{what}: direction must be an optax.GradientTransformation (e.g. "
             f"normtx.dualize(norms.linf())), got {direction!r}."
@@ -201,7 +203,9 @@ def escape_velocity_lr(
         return w, w
 
     return _escape_velocity(
-        _Direction(direction.init, lambda g, s, p, step: direction.update(g, s, p)),
+        direction
+        if isinstance(direction, _Direction)
+        else _Direction(direction.init, lambda g, s, p, step: direction.update(g, s, p)),
         norm=norm,
         init_lr=init_lr,
         rule=rule,
@@ -302,28 +306,50 @@ def _escape_velocity(
         a_leaves = jax.tree_util.tree_leaves(state.anchor)
         normed = [i for i, (_, _, n, _) in enumerate(resolved) if n is not None]
         entries = [resolved[i] for i in normed]
-        gs = [_compute(g_leaves[i]) for i in normed]
-        diffs = [_compute(a_leaves[i]) - _compute(p_leaves[i]) for i in normed]
+        gs = [to_compute(g_leaves[i]) for i in normed]
+        diffs = [to_compute(a_leaves[i]) - to_compute(p_leaves[i]) for i in normed]
 
         grad_sum = state.grad_sum
+        # The arrays whose dual norms the rule divides by: ĝ = g/max|g| (eq. 28), or s_t (EMAs).
+        measured = None
         if rule == "cosine":
             num, den = _cosine_terms(gs, diffs)
-            cand = eta * (1 + safe_div(num, den))
         elif beta3 is None:
             gh = _unit_scaled(gs)
             num = _vdot(gh, diffs, eta.dtype)
-            den = _dual(mod, entries, gh, eta.dtype)
-            cand = coef * num / jnp.where(den > 0, den, 1)
+            measured = gh
         else:
             w_r, w_s = (jnp.asarray(w, eta.dtype) for w in ema_weights(eta, count))
             num = beta3 * state.numerator + w_r * _vdot(gs, diffs, eta.dtype)
             old_s = jax.tree_util.tree_leaves(grad_sum)
             s_leaves = [
-                (beta3 * _compute(s) + w_s * _compute(g)).astype(s.dtype)
+                (beta3 * to_compute(s) + w_s * to_compute(g)).astype(s.dtype)
                 for s, g in zip(old_s, g_leaves, strict=True)
             ]
-            den = _dual(mod, entries, [_compute(s_leaves[i]) for i in normed], eta.dtype)
-            cand = coef * num / jnp.where(den > 0, den, 1)
+            measured = [to_compute(s_leaves[i]) for i in normed]
+        measure = (
+            []
+            if measured is None
+            else [(p, x, n) for (p, _, n, _), x in zip(entries, measured, strict=True)]
+        )
+        if direction.measures:
+            step = _Step(eta=eta, next_eta=None, count=count)
+            dirs, dir_state, duals = direction.update(
+                updates, state.direction, params, step, measure
+            )
+        elif measure:
+            duals = mod.leaf_dual_norms(measure)
+        if measure:
+            den = sum(
+                (d.astype(eta.dtype) / s for d, (*_, s) in zip(duals, entries, strict=True)),
+                jnp.zeros([], eta.dtype),
+            )
+        cand = (
+            eta * (1 + safe_div(num, den))
+            if rule == "cosine"
+            else coef * num / jnp.where(den > 0, den, 1)
+        )
+        if beta3 is not None:
             # A non-finite step would stay in r_t and s_t for ever (and freeze η): the EMAs skip it,
             # and the state's denominator records it.
             ok = jnp.isfinite(num) & jnp.isfinite(den)
@@ -332,11 +358,12 @@ def _escape_velocity(
             num = jnp.where(ok, num, state.numerator)
 
         new_eta = _next_eta(eta, cand, den, init_lr, monotone, max_growth)
-        # The rule reads only g and the weights, so the direction may also see η_{t+1}.
-        step = _Step(eta=eta, next_eta=new_eta, count=count)
-        dirs, dir_state = direction.update(updates, state.direction, params, step)
+        if not direction.measures:
+            # The rule reads only g and the weights, so the direction may also see η_{t+1}.
+            step = _Step(eta=eta, next_eta=new_eta, count=count)
+            dirs, dir_state = direction.update(updates, state.direction, params, step)
         new_updates = jax.tree.map(
-            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * _compute(d)).astype(g.dtype),
+            lambda d, g: (eta.astype(compute_dtype(d.dtype)) * to_compute(d)).astype(g.dtype),
             dirs,
             updates,
         )
@@ -383,11 +410,6 @@ def _scalar_dtype(params) -> jnp.dtype:
     return widest_float(*floats)
 
 
-def _compute(x: jax.Array) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(compute_dtype(x.dtype))
-
-
 def _absmax(xs: list[jax.Array]) -> jax.Array:
     return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x)) for x in xs])
 
@@ -403,15 +425,6 @@ def _unit_scaled(xs: list[jax.Array]) -> list[jax.Array]:
 def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype) -> jax.Array:
     return sum(
         (jnp.sum(x * y).astype(dtype) for x, y in zip(xs, ys, strict=True)), jnp.zeros([], dtype)
-    )
-
-
-def _dual(mod: Modular, entries: list, xs: list[jax.Array], dtype) -> jax.Array:
-    """``Σ_l N_l†(x_l) / s_l`` over the normed leaves (``entries``: their ``mod.resolve`` rows)."""
-    duals = mod.leaf_dual_norms([(p, x, n) for (p, _, n, _), x in zip(entries, xs, strict=True)])
-    return sum(
-        (d.astype(dtype) / s for d, (_, _, _, s) in zip(duals, entries, strict=True)),
-        jnp.zeros([], dtype),
     )
 
 
@@ -446,99 +459,3 @@ def _check_trees(updates, params, anchor, what: str) -> None:
                 f"{what}: gradient {describe_leaf(path, g)}, parameter {describe_leaf(path, p)} "
                 f"and the parameter at init {describe_leaf(path, a)} must have one shape."
             )
-
-
-def prodigy_step(
-    learning_rate: ArrayLike | optax.Schedule,
-    *,
-    betas: tuple[float, float],
-    beta3: float | None,
-    eps: ArrayLike,
-    estim_lr0: ArrayLike,
-    estim_lr_coef: ArrayLike,
-    weight_decay: ArrayLike,
-    safeguard_warmup: bool,
-    bias_correction: bool,
-    max_growth: ArrayLike | None,
-    state_dtype: Any,
-) -> optax.GradientTransformation:
-    """Prodigy's step before the learning rate (eqs. 22–27); ``optimizers.prodigy`` documents it.
-
-    The direction is ``bc_t (m_t / (√v_t + η_{t+1} ε) + λ w_t)`` with η inside the moments (eqs.
-    22–23) and ``bc_t = √(1-β₂^k)/(1-β₁^k)`` (or 1); the step size is the prodigy rule with EMAs
-    whose weights follow Prodigy's code: ``dlr_t = η_t lr_t bc_t`` and, divided by ``η_0``,
-    ``w_r = η_t dlr_t``, ``w_s = η_t dlr_t`` (``η_t²`` with ``safeguard_warmup``).
-    """
-    what = "prodigy"
-    b1, b2 = check_betas(betas, what, "betas")
-    if beta3 is None:
-        beta3 = b2**0.5
-    elif (isinstance(beta3, numbers.Real) or not hasattr(beta3, "dtype")) and not (
-        isinstance(beta3, numbers.Real) and 0 <= beta3 < 1
-    ):  # an array (traced under optax.inject_hyperparams) is not checked
-        raise ValueError(f"{what}: beta3 must be None or a number in [0, 1), got {beta3!r}.")
-    check_positive("estim_lr0", estim_lr0, what)
-    check_positive("estim_lr_coef", estim_lr_coef, what)
-    check_positive("learning_rate", learning_rate, what, allow_zero=True)
-    check_positive("eps", eps, what, allow_zero=True)
-    check_positive("weight_decay", weight_decay, what, allow_zero=True)
-    for name, flag in (
-        ("safeguard_warmup", safeguard_warmup),
-        ("bias_correction", bias_correction),
-    ):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{what}: {name} must be True or False, got {flag!r}.")
-
-    def correction(count, dtype):
-        if not bias_correction:
-            return jnp.ones([], dtype)
-        # In the default float dtype (float64 under x64), as optax's ``decay**count``: float32
-        # cancellation in 1 - b2**k would move the trajectory away from optax.contrib.prodigy's.
-        k = (count + 1).astype(jnp.result_type(float))
-        return (jnp.sqrt(1 - b2**k) / (1 - b1**k)).astype(dtype)
-
-    def ema_weights(eta, count):
-        dlr = jnp.asarray(
-            eta * value_at(learning_rate, count, eta.dtype) * correction(count, eta.dtype),
-            eta.dtype,
-        )
-        ratio = eta / jnp.asarray(estim_lr0, eta.dtype)
-        return ratio * dlr, ratio * (eta if safeguard_warmup else dlr)
-
-    def init(params):
-        zeros = lambda p: jnp.zeros(jnp.shape(p), leaf_dtype(p, state_dtype))  # noqa: E731
-        return ProdigyMomentsState(mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
-
-    def update(updates, state, params, step):
-        eta = step.eta
-        bc = correction(step.count, eta.dtype)
-
-        def leaf(g, m, v, p):
-            dg = eta * _compute(g)  # η_t g_t: η sits inside both moments (eqs. 22-23)
-            m = b1 * _compute(m) + (1 - b1) * dg
-            v = b2 * _compute(v) + (1 - b2) * dg * dg
-            # ε is scaled by the *updated* estimate η_{t+1}, as in Prodigy's code (PyTorch, optax).
-            d = safe_div(m, jnp.sqrt(v) + step.next_eta * eps) + weight_decay * _compute(p)
-            return bc * d, m, v
-
-        out = jax.tree.map(leaf, updates, state.mu, state.nu, params)
-        is_out = lambda x: isinstance(x, tuple)  # noqa: E731
-        part = lambda i, like: jax.tree.map(  # noqa: E731
-            lambda o, x: o[i].astype(x.dtype), out, like, is_leaf=is_out
-        )
-        return part(0, updates), ProdigyMomentsState(mu=part(1, state.mu), nu=part(2, state.nu))
-
-    return _escape_velocity(
-        _Direction(init, update),
-        norm=linf(),
-        init_lr=estim_lr0,
-        rule="prodigy",
-        anchor="initial",
-        monotone=True,
-        max_growth=max_growth,
-        beta3=beta3,
-        ema_weights=ema_weights,
-        state_dtype=state_dtype,
-        what=what,
-        coef=estim_lr_coef,
-    )

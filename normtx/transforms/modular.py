@@ -1,9 +1,7 @@
-"""The modular norm of a whole network (anthology Prop. 7) with norms and scales chosen by role.
+"""``modular_norm_partition``: steepest descent under the modular norm of a network (Prop. 7).
 
-``modular_norm`` is the norm ``max_l s_l N_l(W_l)`` of a parameter tree whose ``N_l`` and ``s_l``
-come from the role of each leaf (``normtx.roles``); ``modular_norm_partition`` takes its
-steepest-descent step. Both read each leaf's norm and scale from one ``normtx.roles.Geometry``, so
-the norm a step-size rule measures (``escape_velocity_lr(norm=modular_norm(...))``) is the norm
+Every leaf gets the norm ``N_l`` and scale ``s_l`` of its role (``normtx.roles``), read from the
+same ``Geometry`` as ``normtx.modular_norm``, so the norm a step-size rule measures is the norm
 the partition descends.
 """
 
@@ -18,97 +16,26 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
-from normtx import roles as roles_lib
 from normtx._numerics import sum_widest
 from normtx._pytree import flatten_state_field
 from normtx._validation import check_choice, check_positive, value_at
-from normtx.norms.base import Norm
-from normtx.norms.tree import Modular
+from normtx.geometry.assign import Geometry, NormsSpec, ScalesSpec
+from normtx.geometry.infer import HeadSpec, LabelSpec
+from normtx.geometry.modular import RoleModular
 from normtx.transforms.dualize import _assemble
+from normtx.transforms.escape_velocity import _Direction
 
 __all__ = [
     "ModularNormPartitionState",
-    "RoleModular",
-    "modular_norm",
+    "Step",
+    "modular_direction",
     "modular_norm_partition",
     "modular_step",
 ]
 
 Step = Literal["dual_norm", "unit"]
-
-
-class RoleModular(Modular):
-    """The modular norm ``max_l s_l N_l(W_l)`` whose ``N_l``, ``s_l`` follow the leaves' roles.
-
-    A ``normtx.norms.Modular`` (``norm``, ``dual_norm``, ``dualize``, ``duals_and_directions``,
-    ``resolve``) that works on any parameter tree: the roles are inferred from (or matched by
-    path to) the tree it is given, so it needs no params at construction and accepts both an nnx
-    ``State`` and the pure arrays ``nnx.Optimizer`` passes to ``update``. Build it with
-    ``normtx.modular_norm``; ``geometry`` is its ``normtx.roles.Geometry``.
-    """
-
-    def __init__(self, geometry: roles_lib.Geometry, *, mesh: Mesh | None = None):
-        super().__init__(norms=geometry.norms, scales=None, mesh=mesh)
-        self.geometry = geometry
-
-    def __repr__(self) -> str:
-        return f"RoleModular({self.geometry!r})"
-
-    def resolve(
-        self, tree: Any, what: str = "modular_norm"
-    ) -> list[tuple[str, Any, Norm | None, Any]]:
-        """``[(path, leaf, norm, scale), ...]`` for every leaf, validated."""
-        return [(a.path, a.leaf, a.norm, a.scale) for a in self.geometry.assign(tree, what)]
-
-    def describe(self, tree: Any, print_fn=print) -> str:
-        """The table of ``normtx.roles.describe`` for ``tree``."""
-        return self.geometry.describe(tree, print_fn)
-
-
-def modular_norm(
-    roles: Any = None,
-    *,
-    norms: roles_lib.NormsSpec = None,
-    scales: roles_lib.ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
-    head: roles_lib.HeadSpec = None,
-    labels: roles_lib.LabelSpec = None,
-    heads_as_batch: bool = False,
-    mesh: Mesh | None = None,
-) -> RoleModular:
-    r"""The modular norm ``max_l s_l N_l(W_l)`` of a network, each ``N_l`` and ``s_l`` by role.
-
-    Takes the arguments of ``modular_norm_partition`` (minus the step options) and returns the
-    norm that partition descends, as a ``normtx.norms.Modular``: use it wherever a tree norm is
-    asked for, e.g. ``escape_velocity_lr(direction, norm=normtx.modular_norm(...))``.
-
-    Args:
-      roles: ``None`` (infer them from the tree with ``normtx.roles.infer``) or a pytree with the
-        params' structure of role names / ``normtx.roles.Role`` (matched by path).
-      norms: ``{role name: Norm or None}`` overriding ``normtx.roles.default_norms()``; ``None``
-        leaves that role's leaves out of the norm (their updates pass through unchanged). The
-        role supplies the dimension numbers (leave the norm's axes unset).
-      scales: the ``s_l``: ``None`` (all 1), a number, ``{role name: s}`` (missing roles 1), or
-        ``'mass'`` (modula's masses, ``s_l = M / m_l``; see ``normtx.roles.Geometry``).
-      masses: ``{role name: mass per slice}`` for ``scales='mass'``.
-      head, labels, heads_as_batch: passed to ``normtx.roles.infer``.
-      mesh: ``None`` or a ``jax.sharding.Mesh``: compute the polar factors of the RMS -> RMS
-        (spectral-family) leaves together by the owner-device strategy over its devices
-        (``normtx.sharding``).
-
-    Returns:
-      A ``RoleModular`` (a ``normtx.norms.Modular``); ``.describe(params)`` prints its table.
-
-    Example::
-
-      mod = normtx.modular_norm(norms={'head': normtx.norms.linf()})
-      mod.dual_norm(grads)   # Σ_l N_l†(G_l) / s_l
-
-    References:
-      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7 and the epilogue (2024);
-      Large et al., *Scalable Optimization in the Modular Norm* (2024).
-    """
-    return RoleModular(roles_lib.Geometry.of(locals(), "modular_norm"), mesh=mesh)
+"""``'dual_norm'``: the Prop. 1/7 step ``(Σ_k N_k†(G_k)/(s_k λ)) dualize_l(G_l)/s_l``;
+``'unit'``: the direction ``dualize_l(G_l)/s_l`` alone (a step of norm 1)."""
 
 
 class ModularNormPartitionState(NamedTuple):
@@ -122,13 +49,13 @@ class ModularNormPartitionState(NamedTuple):
 def modular_norm_partition(
     roles: Any = None,
     *,
-    norms: roles_lib.NormsSpec = None,
-    scales: roles_lib.ScalesSpec = None,
+    norms: NormsSpec = None,
+    scales: ScalesSpec = None,
     masses: Mapping[str, float] | None = None,
     sharpness: ArrayLike | optax.Schedule = 1.0,
     step: Step = "dual_norm",
-    head: roles_lib.HeadSpec = None,
-    labels: roles_lib.LabelSpec = None,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
     heads_as_batch: bool = False,
     mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
@@ -180,22 +107,67 @@ def modular_norm_partition(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
-    geometry = roles_lib.Geometry.of(locals(), "modular_norm_partition")
-    return modular_step(geometry, sharpness=sharpness, step=step, mesh=mesh)
+    what = "modular_norm_partition"
+    geometry = Geometry(
+        roles,
+        norms=norms,
+        scales=scales,
+        masses=masses,
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+        what=what,
+    )
+    return modular_step(RoleModular(geometry, mesh=mesh), sharpness=sharpness, step=step)
 
 
 def modular_step(
-    geometry: roles_lib.Geometry,
+    mod: RoleModular,
     *,
     sharpness: ArrayLike | optax.Schedule = 1.0,
     step: Step = "dual_norm",
-    mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
-    """``modular_norm_partition`` for a ready ``normtx.roles.Geometry`` (the optimizers' entry)."""
+    """``modular_norm_partition`` for a ready ``RoleModular`` (the optimizers' entry point).
+
+    The roles, norms and scales are resolved once per tree structure (``Geometry.assign``); each
+    update reads them as data.
+    """
+    init_fn, update = _partition(mod, sharpness, step)
+    return optax.GradientTransformation(init_fn, lambda u, s, p=None: update(u, s)[:2])
+
+
+def modular_direction(
+    mod: RoleModular,
+    *,
+    before: optax.GradientTransformation,
+    after: optax.GradientTransformation,
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+    step: Step = "dual_norm",
+) -> _Direction:
+    """``optax.chain(before, modular_step(mod), after)`` as an ``escape_velocity_lr`` direction that
+    also measures: the dual norms the step-size rule needs (of the raw gradient) come out of the
+    same stacked polar-factor programs as the partition's own directions (of the momentum)."""
+    part_init, part_update = _partition(mod, sharpness, step)
+
+    def init(params):
+        return (before.init(params), part_init(params), after.init(params))
+
+    def update(g, state, params, step_info, measure):
+        del step_info
+        u, s0 = before.update(g, state[0], params)
+        u, s1, duals = part_update(u, state[1], measure)
+        u, s2 = after.update(u, state[2], params)
+        return u, (s0, s1, s2), duals
+
+    return _Direction(init, update, measures=True)
+
+
+def _partition(mod: RoleModular, sharpness, step: Step):
+    """``(init, update)`` of the partition; ``update(u, state, measure=())`` also returns the
+    unscaled dual norms of the ``measure`` entries, computed with the partition's own."""
     what = "modular_norm_partition"
     check_positive("sharpness", sharpness, what)
     check_choice("step", step, ("dual_norm", "unit"), what)
-    mod = RoleModular(geometry, mesh=mesh)
 
     def init_fn(params):
         mod.resolve(params, what)
@@ -205,26 +177,29 @@ def modular_step(
             global_eta=jnp.zeros([], jnp.float32),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update(updates, state, measure=()):
         # Roles are read off the updates' paths: updates of another tree would get roles of their
         # own and a state of their own, silently. They must be the params' tree.
         flatten_state_field(updates, state.dual_norms, what=what, name="dual_norms")
-        scales_l = [s for _, _, _, s in mod.resolve(updates, what)]
-        duals, directions = mod.duals_and_directions(updates, what)
-        total = sum_widest(d for d in duals if d is not None)
+        resolved = mod.resolve(updates, what)
+        normed = [(p, g, n) for p, g, n, _ in resolved if n is not None]
+        duals, directions, measured = mod.leaf_duals_and_directions(normed, measure=measure)
+        scales = [s for _, _, n, s in resolved if n is not None]
+        total = sum_widest(d / jnp.asarray(s, d.dtype) for d, s in zip(duals, scales, strict=True))
         eta = total / value_at(sharpness, state.count, total.dtype)
-        etas = [eta] * len(duals) if step == "dual_norm" else None
-        raw = [
-            jnp.zeros([], jnp.float32) if d is None else (d * s).astype(jnp.float32)
-            for d, s in zip(duals, scales_l, strict=True)
-        ]
+        pieces = iter(zip(duals, directions, scales, strict=True))
+        full_directions, raw = [], []
+        for *_, n, _ in resolved:
+            d, t, s = (None, None, None) if n is None else next(pieces)
+            full_directions.append(None if t is None else t / jnp.asarray(s, t.dtype))
+            raw.append(jnp.zeros([], jnp.float32) if d is None else d.astype(jnp.float32))
         treedef = jax.tree_util.tree_structure(updates)
+        etas = [eta] * len(raw) if step == "dual_norm" else None
         new_state = ModularNormPartitionState(
             count=optax.safe_increment(state.count),
             dual_norms=jax.tree_util.tree_unflatten(treedef, raw),
             global_eta=eta.astype(jnp.float32),
         )
-        return _assemble(updates, directions, etas), new_state
+        return _assemble(updates, full_directions, etas), new_state, measured
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return init_fn, update

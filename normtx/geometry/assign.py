@@ -1,0 +1,378 @@
+"""The geometry of a network: every leaf's role, the norm of that role, and its scale.
+
+``Geometry`` holds the choices (roles or how to infer them, a norm per role, scales) and
+``Geometry.assign(params)`` applies them to a parameter tree: one ``Assignment`` per leaf, with the
+role's dimension numbers bound into its norm. Everything that reads a leaf's norm — the modular
+norm, ``modular_norm_partition``, escape velocity, ``describe``, the optimizers — reads it from
+one ``assign`` call, so none can disagree, and the resolution is done once per tree structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+from normtx._pytree import describe_leaf, flatten_with_paths
+from normtx.geometry.infer import HeadSpec, LabelSpec, resolve_roles
+from normtx.geometry.role import ROLE_NAMES, Role
+from normtx.norms.base import Norm
+from normtx.norms.operator import OperatorNorm, l1_to_rms, rms_to_rms
+from normtx.norms.vector import VectorNorm, rms
+
+__all__ = [
+    "DEFAULT_MASSES",
+    "Assignment",
+    "Geometry",
+    "GeometryTable",
+    "NormsSpec",
+    "ScalesSpec",
+    "check_scales",
+    "default_norms",
+    "describe",
+    "merge_norms",
+]
+
+ScalesSpec = float | Mapping[str, float] | Literal["mass"] | None
+NormsSpec = Mapping[str, Norm | None] | None
+
+DEFAULT_MASSES: Mapping[str, float] = {name: 1.0 for name in ROLE_NAMES}
+"""Per-slice masses for ``scales='mass'``: every matrix and vector is an atom of mass 1 (modula)."""
+
+
+def default_norms() -> dict[str, Norm]:
+    """The norm of each role (anthology epilogue and its geometry table).
+
+    - ``hidden``, ``attention``, ``conv``: RMS -> RMS (``√(d_in/d_out) σ_max``): these layers map
+      RMS-normalised features to RMS-normalised features; ``dualize`` is ``√(d_out/d_in) U Vᵀ``,
+      with ``U Vᵀ`` from 5 Newton–Schulz steps of the Polar Express schedule
+      (``normtx.linalg.newton_schulz``: singular values within about ±13% of 1, at matmul cost;
+      pass ``norms.rms_to_rms()`` for the exact SVD polar factor).
+    - ``head``: RMS -> RMS as well (the logits are treated as features); ``lp_to_linf(p)`` (each
+      logit's weights bounded) or ``linf()`` (sign, Scion's choice) are alternatives, pass them in
+      ``norms={'head': …}``.
+    - ``embedding``: ℓ1 -> RMS (``max_j ‖K[j, :]‖₂/√d``): inputs are one-hot, so each token's row
+      is its own RMS-normalised vector (Prop. 8).
+    - ``bias``, ``gain``: RMS (``‖b‖₂/√n``): vectors whose entries are each O(1).
+    """
+    polar = "newton_schulz"
+    return {
+        "hidden": rms_to_rms(polar=polar),
+        "attention": rms_to_rms(polar=polar),
+        "conv": rms_to_rms(polar=polar),
+        "head": rms_to_rms(polar=polar),
+        "embedding": l1_to_rms(),
+        "bias": rms(),
+        "gain": rms(),
+    }
+
+
+def _bind(norm: Norm | None, role: Role, path: str, leaf, what: str) -> Norm | None:
+    """``norm`` with the role's dimension numbers (operator) or slice axes (vector)."""
+    if norm is None:
+        return None
+    if isinstance(norm, OperatorNorm):
+        if not role.is_matrix:
+            raise ValueError(
+                f"{what}: leaf {describe_leaf(path, leaf)} has role {role.label!r}, whose slices are "
+                f"vectors, but its norm {norm.name} is a matrix (operator) norm. Give the "
+                f"{role.name!r} role a vector norm (norms={{{role.name!r}: normtx.norms.rms()}}) "
+                "or relabel the leaf."
+            )
+        if norm.fan_in_axes is not None and (norm.fan_in_axes, norm.fan_out_axes) != role.dims:
+            raise ValueError(
+                f"{what}: leaf {describe_leaf(path, leaf)}: norm {norm.name} has fan_in_axes="
+                f"{norm.fan_in_axes}, fan_out_axes={norm.fan_out_axes}, but its role "
+                f"{role.label!r} has {role.describe_axes()}. Leave the norm's axes unset (the "
+                "role supplies them) or relabel the leaf with a Role of those axes."
+            )
+        return dataclasses.replace(
+            norm, fan_in_axes=role.fan_in_axes, fan_out_axes=role.fan_out_axes
+        )
+    if isinstance(norm, VectorNorm):
+        if norm.batch_axes and norm.batch_axes != role.slice_axes:
+            raise ValueError(
+                f"{what}: leaf {describe_leaf(path, leaf)}: norm {norm.name} has batch_axes="
+                f"{norm.batch_axes}, but its role {role.label!r} slices along "
+                f"{role.slice_axes}. Leave batch_axes unset (the role supplies them)."
+            )
+        return dataclasses.replace(norm, batch_axes=role.slice_axes)
+    return norm
+
+
+def merge_norms(norms: NormsSpec, what: str) -> dict[str, Norm | None]:
+    table: dict[str, Norm | None] = dict(default_norms())
+    if norms is None:
+        return table
+    if not isinstance(norms, Mapping):
+        raise ValueError(
+            f"{what}: norms must be a dict role name -> Norm (or None: leave those leaves "
+            f"unnormed), got {norms!r}."
+        )
+    for key, value in norms.items():
+        if key not in ROLE_NAMES:
+            raise ValueError(f"{what}: unknown role {key!r} in norms; roles are {ROLE_NAMES}.")
+        if value is not None and not isinstance(value, Norm):
+            raise ValueError(
+                f"{what}: norms[{key!r}] must be a normtx Norm or None, got {value!r}."
+            )
+        table[key] = value
+    return table
+
+
+def _check_positive_table(table: Mapping[str, Any], name: str, what: str) -> dict[str, float]:
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{what}: {name} must be a dict role name -> number, got {table!r}.")
+    out = {}
+    for key, value in table.items():
+        if key not in ROLE_NAMES:
+            raise ValueError(f"{what}: unknown role {key!r} in {name}; roles are {ROLE_NAMES}.")
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{what}: {name}[{key!r}] must be a number > 0, got {value!r}.")
+        out[key] = float(value)
+    return out
+
+
+def check_scales(scales: ScalesSpec, masses: Mapping[str, float] | None, what: str) -> None:
+    """Validates ``scales``/``masses`` at construction (errors name the bad entry)."""
+    is_mass = isinstance(scales, str) and scales == "mass"
+    if masses is not None:
+        if not is_mass:
+            raise ValueError(f"{what}: masses= is only used with scales='mass'.")
+        _check_positive_table(masses, "masses", what)
+    if scales is None or is_mass:
+        return
+    if _is_scalar_array(scales):
+        return  # an array (traced under optax.inject_hyperparams): checked where it is a number
+    if isinstance(scales, numbers.Real) and not isinstance(scales, bool):
+        if not scales > 0:
+            raise ValueError(f"{what}: scales must be > 0, got {scales!r}.")
+        return
+    if isinstance(scales, str) or not isinstance(scales, Mapping):
+        raise ValueError(
+            f"{what}: scales must be None (all 1), a number, a dict role name -> number, or "
+            f"'mass'; got {scales!r}."
+        )
+    _check_positive_table(scales, "scales", what)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """One leaf's geometry: its role, its norm (``None``: not normed) and its scale ``s_l``."""
+
+    path: str
+    leaf: Any
+    role: Role
+    norm: Norm | None
+    scale: Any  # a positive number (an array under optax.inject_hyperparams)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Geometry:
+    """Roles plus the norm and scale of each role: everything the modular norm of a network needs.
+
+    ``normtx.modular_norm``, ``modular_norm_partition``, ``describe`` and the optimizers build one
+    from their arguments and read every leaf's role, norm and scale from ``assign``, so they cannot
+    disagree. Validated at construction.
+
+    Attributes:
+      roles: ``None`` (``infer`` them) or a pytree of role names / ``Role`` matched by path.
+      norms: ``{role name: Norm or None}`` overriding ``default_norms()`` (``None``: not normed).
+      scales: ``None`` (every ``s_l = 1``), one number, ``{role name: s}`` (missing roles 1), or
+        ``'mass'``: modula's masses (Large et al., 2024). Each slice of a leaf with role ``r`` is
+        an atom of mass ``m_r`` (``masses``, default ``DEFAULT_MASSES``: 1 for every role); the
+        total mass is ``M = Σ_k m_{r(k)} · L_k`` over the normed leaves (``L_k`` the number of
+        layers of a scanned leaf, else 1) and the scale is ``s_l = M / m_{r(l)}``. The unit step
+        ``dualize_l(G_l)/s_l`` then moves each slice by its share ``m_l / M`` of the update, the
+        rule modula's ``normalize`` applies to every atom of a network with unit sensitivities.
+      masses: ``{role name: mass per slice}`` for ``scales='mass'``.
+      head, labels, heads_as_batch: as in ``infer`` (only without explicit ``roles``).
+      what: the name errors start with.
+    """
+
+    roles: Any = None
+    norms: NormsSpec = None
+    scales: ScalesSpec = None
+    masses: Mapping[str, float] | None = None
+    head: HeadSpec = None
+    labels: LabelSpec = None
+    heads_as_batch: bool = False
+    what: str = "normtx.roles"
+    _layouts: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        check_scales(self.scales, self.masses, self.what)
+        merge_norms(self.norms, self.what)
+        if self.roles is not None and (self.head is not None or self.labels is not None):
+            raise ValueError(
+                f"{self.what}: give either an explicit roles tree or head=/labels= for "
+                "inference, not both."
+            )
+
+    def resolve(self, params: Any) -> Any:
+        """A pytree of ``Role`` with the structure of ``params`` (from ``assign``)."""
+        treedef = jax.tree_util.tree_structure(params)
+        return jax.tree_util.tree_unflatten(treedef, [a.role for a in self.assign(params)])
+
+    def assign(self, params: Any, what: str | None = None) -> list[Assignment]:
+        """Role, norm and scale of every leaf, in flatten order (the one place this is computed).
+
+        Roles and bound norms depend only on the tree's structure, paths, shapes and dtypes: they
+        are computed once per structure and reused (every later ``update`` trace, every layer of
+        a chain that reads the same geometry); the scales, which may be traced hyperparameters,
+        and the leaves themselves are filled in on each call.
+        """
+        what = what or self.what
+        flat, treedef = flatten_with_paths(params)
+        key = (treedef, tuple((tuple(np.shape(x)), _dtype_name(x)) for _, x in flat))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layout(params, what)
+            self._layouts[key] = layout
+        roles = [r for _, r, _, _ in layout]
+        s = _scale_values(
+            self.scales, self.masses, roles, [n for *_, n in layout], [b for _, _, b, _ in layout]
+        )
+        return [
+            Assignment(path, leaf, role, norm, scale)
+            for (path, role, norm, _), (_, leaf), scale in zip(layout, flat, s, strict=True)
+        ]
+
+    def _layout(self, params: Any, what: str) -> list[tuple[str, Role, Norm | None, int]]:
+        """``(path, role, bound norm, layer count)`` per leaf, validated against the leaves."""
+        resolved = resolve_roles(
+            params,
+            self.roles,
+            head=self.head,
+            labels=self.labels,
+            heads_as_batch=self.heads_as_batch,
+            what=what,
+        )
+        table = merge_norms(self.norms, what)
+        out = []
+        for path, leaf, role in resolved:
+            norm = _bind(table[role.name], role, path, leaf, what)
+            if norm is not None:
+                try:
+                    norm.check_leaf(leaf, path)
+                except ValueError as e:
+                    raise ValueError(f"{what}: {e}") from None
+            layers = math.prod(np.shape(leaf)[a] for a in role.layer_axes)
+            out.append((path, role, norm, layers))
+        return out
+
+    def describe(self, params: Any) -> GeometryTable:
+        """The table of ``normtx.roles.describe`` for ``params``."""
+        rows = [
+            (
+                a.path,
+                str(tuple(np.shape(a.leaf))),
+                a.role.label,
+                a.role.describe_axes(),
+                "-" if a.norm is None else a.norm.name,
+                f"{float(a.scale):g}",
+            )
+            for a in self.assign(params)
+        ]
+        return GeometryTable.of(("path", "shape", "role", "axes", "norm", "scale"), rows)
+
+
+class GeometryTable(str):
+    """A table of one row per leaf: a ``str`` (the aligned text) that displays as itself.
+
+    ``print(table)``, ``str(table)`` and the REPL show the aligned text; Jupyter shows an HTML
+    table (``_repr_html_``). ``table.header`` and ``table.rows`` hold the cells.
+    """
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def of(cls, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> GeometryTable:
+        """The aligned table of ``header`` and ``rows`` (tuples of cell strings)."""
+        cells = [header, *rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        table = cls("\n".join(lines))
+        table.header, table.rows = tuple(header), tuple(tuple(r) for r in rows)
+        return table
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        head = "".join(f"<th>{esc(c)}</th>" for c in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td><code>{esc(c)}</code></td>" for c in r) + "</tr>"
+            for r in self.rows
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _dtype_name(x: Any) -> str:
+    return str(getattr(x, "dtype", type(x).__name__))
+
+
+def _is_scalar_array(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and np.ndim(x) == 0
+
+
+def _scale_values(scales, masses, roles, layer_counts, bound) -> list[Any]:
+    if scales is None:
+        return [1.0] * len(roles)
+    if isinstance(scales, numbers.Real) or _is_scalar_array(scales):
+        return [scales] * len(roles)
+    if isinstance(scales, str) and scales == "mass":
+        table = {**DEFAULT_MASSES, **(masses or {})}
+        total = sum(
+            table[r.name] * n
+            for r, n, norm in zip(roles, layer_counts, bound, strict=True)
+            if norm is not None
+        )
+        return [total / table[r.name] for r in roles]
+    return [float(scales.get(r.name, 1.0)) for r in roles]
+
+
+def describe(
+    params: Any,
+    roles: Any = None,
+    *,
+    norms: NormsSpec = None,
+    scales: ScalesSpec = None,
+    masses: Mapping[str, float] | None = None,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> GeometryTable:
+    """The table of path, shape, role, axes, norm and scale that the modular norm uses.
+
+    Takes the arguments of ``normtx.modular_norm_partition`` (one ``Geometry.assign`` computes
+    both) and returns a ``GeometryTable``: a string that shows as the aligned table in a REPL
+    and as an HTML table in Jupyter; ``print`` it in a script. The optimizers' own tables (with
+    their routing) come from ``normtx.optimizers.describe``.
+
+    Example::
+
+      normtx.roles.describe(nnx.state(model, nnx.Param))
+    """
+    geometry = Geometry(
+        roles,
+        norms=norms,
+        scales=scales,
+        masses=masses,
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+        what="roles.describe",
+    )
+    return geometry.describe(params)

@@ -1,0 +1,390 @@
+"""The Flax rules that give every leaf of a parameter tree its role (read from paths and shapes).
+
+``infer`` applies them to a linen param dict or an nnx ``State``; ``resolve`` takes an explicit
+roles tree instead. The rules (names Flax gives parameters, layer axes of scanned stacks, the
+attention projections, how the head is found, ``labels=`` overrides) are listed in the
+``normtx.roles`` module documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+from normtx._pytree import describe_leaf, flatten_with_paths
+from normtx.geometry.role import ROLE_NAMES, Role, as_role
+from normtx.geometry.role import _attention_role as _attention_role
+
+__all__ = ["HeadSpec", "LabelSpec", "infer", "resolve", "resolve_roles"]
+
+_ATTENTION_PARTS = frozenset({"query", "key", "value", "out"})
+_HEAD_NAME = re.compile(r"(?:.*_)?(?:head|classifier|logits|readout|unembed|unembedding|output)")
+LabelSpec = Mapping[str, "str | Role"] | Callable[[str, Any], "str | Role | None"] | None
+HeadSpec = str | Literal[False] | None
+
+
+def _path_regex(pattern: str, what: str) -> re.Pattern:
+    try:
+        return re.compile(rf"(?:.*/)?(?:{pattern})")
+    except re.error as e:
+        raise ValueError(f"{what}: {pattern!r} is not a valid regular expression: {e}") from e
+
+
+def _natural_key(path: str):
+    """Sort key that compares digit runs as numbers (``Dense_2`` < ``Dense_10``)."""
+    return [
+        (1, int(part), "") if part.isdigit() else (0, 0, part)
+        for comp in path.split("/")
+        for part in re.split(r"(\d+)", comp)
+        if part
+    ]
+
+
+@dataclasses.dataclass
+class _Leaf:
+    path: str
+    leaf: Any
+    shape: tuple[int, ...]
+    module: tuple[str, ...]
+    name: str
+    role: Role | None = None
+    error: str | None = None
+
+
+def _group_modules(leaves: list[_Leaf]) -> dict[tuple[str, ...], dict[str, _Leaf]]:
+    modules: dict[tuple[str, ...], dict[str, _Leaf]] = {}
+    for lf in leaves:
+        modules.setdefault(lf.module, {})[lf.name] = lf
+    return modules
+
+
+def _is_attention(module: tuple[str, ...], children: Mapping[tuple[str, ...], set[str]]) -> bool:
+    """A ``query``/``key``/``value``/``out`` module beside at least one other of those names."""
+    if not module or module[-1] not in _ATTENTION_PARTS:
+        return False
+    return len(children.get(module[:-1], set()) & _ATTENTION_PARTS) >= 2
+
+
+def _direct_layers(module, members, children) -> int | None:
+    """Layer axes a module's own leaves prove, or ``None`` if they do not fix them."""
+    if "kernel" in members and _is_attention(module, children):
+        return len(members["kernel"].shape) - 3
+    if "embedding" in members:
+        return len(members["embedding"].shape) - 2
+    if "scale" in members:
+        return len(members["scale"].shape) - 1
+    if "kernel" in members:
+        k = members["kernel"].shape
+        if len(k) == 2:
+            return 0
+        bias = members.get("bias")
+        if bias is not None and len(bias.shape) >= 1:
+            d = len(bias.shape) - 1
+            if len(k) >= d + 2 and bias.shape == k[:d] + k[-1:]:
+                return d
+    return None
+
+
+def _enclosing_layers(module, found_under: Mapping[tuple[str, ...], set[int]]) -> int | None:
+    """Layer axes agreed on by the nearest enclosing subtree that has any evidence."""
+    for k in range(len(module), -1, -1):
+        found = found_under.get(module[:k])
+        if found:
+            return next(iter(found)) if len(found) == 1 else None
+    return None
+
+
+def _classify(leaves: list[_Leaf], heads_as_batch: bool) -> None:
+    modules = _group_modules(leaves)
+    children: dict[tuple[str, ...], set[str]] = {}
+    for module in modules:
+        if module:
+            children.setdefault(module[:-1], set()).add(module[-1])
+    evidence = {}
+    found_under: dict[tuple[str, ...], set[int]] = {}  # prefix -> layer counts proven below it
+    for module, members in modules.items():
+        d = _direct_layers(module, members, children)
+        if d is not None and d >= 0:
+            evidence[module] = d
+            for k in range(len(module) + 1):
+                found_under.setdefault(module[:k], set()).add(d)
+    for module, members in modules.items():
+        attention = _is_attention(module, children)
+        d = evidence.get(module)
+        if d is None:
+            d = _enclosing_layers(module, found_under)
+        for name, lf in members.items():
+            rank = len(lf.shape)
+            if name == "kernel" and attention:
+                if rank >= 3:
+                    lf.role = _attention_role(
+                        rank, module[-1] == "out", rank - 3, heads_as_batch, lf.path
+                    )
+                else:
+                    lf.error = "an attention kernel needs 3 axes per layer"
+            elif name == "kernel":
+                lf.role, lf.error = _kernel_role(lf, module, d)
+            elif name == "embedding":
+                if rank >= 2:
+                    lf.role = _shift(Role("embedding", (0,), (1,)), rank - 2)
+                else:
+                    lf.error = "an embedding table needs 2 axes (vocab, features)"
+            elif name in ("bias", "scale"):
+                role = "bias" if name == "bias" else "gain"
+                natural = 2 if (attention and module[-1] != "out") else 1
+                layers = d if d is not None else 0
+                if attention:
+                    layers = max(rank - natural, 0)
+                heads = (layers,) if (attention and natural == 2 and heads_as_batch) else ()
+                lf.role = Role(role, layer_axes=tuple(range(min(layers, rank))), batch_axes=heads)
+            else:
+                lf.error = f"no rule for a leaf named {name!r}"
+
+
+def _shift(role: Role, layers: int) -> Role:
+    if not layers:
+        return role
+    return Role(
+        role.name,
+        tuple(a + layers for a in role.fan_in_axes),
+        tuple(a + layers for a in role.fan_out_axes),
+        tuple(range(layers)),
+        tuple(a + layers for a in role.batch_axes),
+    )
+
+
+def _kernel_role(lf: _Leaf, module, layers: int | None) -> tuple[Role | None, str | None]:
+    rank = len(lf.shape)
+    if rank < 2:
+        return None, "a kernel needs at least 2 axes"
+    if rank == 2:
+        return Role("hidden", (0,), (1,)), None
+    named_conv = bool(module) and "conv" in module[-1].lower()
+    if layers is None:
+        if rank == 4 or named_conv:
+            layers = 0
+        else:
+            return None, (
+                f"a rank-{rank} kernel whose layer axes cannot be told apart from conv axes "
+                "(no bias of shape (*layers, d_out), no agreeing stacked siblings)"
+            )
+    rest = rank - layers
+    if rest == 2:
+        return _shift(Role("hidden", (0,), (1,)), layers), None
+    if rest >= 3 and (rest == 4 or named_conv):
+        return _shift(Role("conv", tuple(range(rest - 1)), (rest - 1,)), layers), None
+    return None, (
+        f"a rank-{rank} kernel with {layers} layer axes leaves {rest} axes: neither a Dense "
+        "kernel (2) nor a conv kernel (HWIO, or a module named *conv*)"
+    )
+
+
+def _label_roles(leaves: list[_Leaf], labels: LabelSpec, heads_as_batch: bool) -> set[str]:
+    """Applies ``labels``; returns the paths it labelled."""
+    labelled: set[str] = set()
+    if labels is None:
+        return labelled
+    if callable(labels) and not isinstance(labels, Mapping):
+        for lf in leaves:
+            value = labels(lf.path, lf.leaf)
+            if value is not None:
+                lf.role, lf.error = as_role(value, lf.shape, lf.path, heads_as_batch), None
+                labelled.add(lf.path)
+        return labelled
+    if not isinstance(labels, Mapping):
+        raise ValueError(
+            f"roles.infer: labels must be a dict of path regex -> role name, or a callable "
+            f"(path, leaf) -> role name | Role | None; got {labels!r}."
+        )
+    for pattern, value in labels.items():
+        rx = _path_regex(pattern, "roles.infer: labels")
+        hits = [lf for lf in leaves if rx.fullmatch(lf.path)]
+        if not hits:
+            raise ValueError(
+                f"roles.infer: the labels regex {pattern!r} matches no parameter path. A regex "
+                "matches a whole path or its trailing components; paths are "
+                f"{_some_paths(leaves)}."
+            )
+        for lf in hits:
+            role = as_role(value, lf.shape, lf.path, heads_as_batch)
+            if lf.path in labelled and lf.role != role:
+                raise ValueError(
+                    f"roles.infer: leaf {lf.path!r} is labelled twice, as {lf.role.label!r} and "
+                    f"{role.label!r} (regex {pattern!r}); make the labels regexes disjoint."
+                )
+            lf.role, lf.error = role, None
+            labelled.add(lf.path)
+    return labelled
+
+
+def _some_paths(leaves: list[_Leaf], n: int = 16) -> str:
+    paths = [lf.path for lf in leaves]
+    return f"{paths[:n]}{' …' if len(paths) > n else ''}"
+
+
+def _assign_head(leaves: list[_Leaf], head: HeadSpec, labelled: set[str]) -> None:
+    if head is False:
+        return
+    dense = [
+        lf
+        for lf in leaves
+        if lf.path not in labelled and lf.role is not None and lf.role == Role("hidden", (0,), (1,))
+    ]
+    if head is not None:
+        if not isinstance(head, str):
+            raise ValueError(
+                f"roles.infer: head must be a path regex, False or None, got {head!r}."
+            )
+        rx = _path_regex(head, "roles.infer: head")
+        hits = [lf for lf in leaves if rx.fullmatch("/".join(lf.module)) or rx.fullmatch(lf.path)]
+        kernels = [lf for lf in hits if lf in dense]
+        if not kernels:
+            found = [f"{lf.path} ({lf.role.label if lf.role else 'unclassified'})" for lf in hits]
+            raise ValueError(
+                f"roles.infer: head={head!r} matches no 2-D Dense kernel (it matches {found}). "
+                "The regex must match a module path or a kernel path (or their trailing "
+                f"components); paths are {_some_paths(leaves)}."
+            )
+        for lf in kernels:
+            lf.role = Role("head", (0,), (1,))
+        return
+    if any(lf.role is not None and lf.role.name == "head" for lf in leaves):
+        return  # labelled explicitly
+    named = [lf for lf in dense if lf.module and _HEAD_NAME.fullmatch(lf.module[-1].lower())]
+    if not named:
+        top = min(len(lf.module) for lf in leaves)
+        candidates = [lf for lf in dense if len(lf.module) == top]
+        named = [max(candidates, key=lambda lf: _natural_key(lf.path))] if candidates else []
+    for lf in named:
+        lf.role = Role("head", (0,), (1,))
+
+
+def resolve_roles(
+    params: Any,
+    roles: Any = None,
+    *,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+    what: str = "roles.infer",
+) -> list[tuple[str, Any, Role]]:
+    """``[(path, leaf, Role), ...]`` in flatten order: explicit ``roles`` or inferred ones."""
+    flat, _ = flatten_with_paths(params)
+    if not flat:
+        raise ValueError(f"{what}: the parameter tree has no leaves.")
+    if roles is not None:
+        if head is not None or labels is not None:
+            raise ValueError(
+                f"{what}: give either an explicit roles tree or head=/labels= for inference, "
+                "not both."
+            )
+        return _explicit_roles(flat, roles, heads_as_batch, what)
+    leaves = []
+    for path, leaf in flat:
+        comps = path.split("/")
+        leaves.append(_Leaf(path, leaf, tuple(np.shape(leaf)), tuple(comps[:-1]), comps[-1]))
+    _classify(leaves, heads_as_batch)
+    labelled = _label_roles(leaves, labels, heads_as_batch)
+    _assign_head(leaves, head, labelled)
+    bad = [lf for lf in leaves if lf.role is None]
+    if bad:
+        lines = "\n".join(f"  {describe_leaf(lf.path, lf.leaf)}: {lf.error}" for lf in bad)
+        example = {0: "bias", 1: "bias", 2: "hidden"}.get(len(bad[0].shape), "conv")
+        collections = sorted({lf.path.split("/")[0] for lf in leaves} - {"params"})
+        hint = (
+            f"If {collections} are Flax collections other than parameters, pass only "
+            "variables['params'] (or nnx.state(model, nnx.Param)). "
+            if any(lf.path.split("/")[0] == "params" for lf in leaves) and collections
+            else ""
+        )
+        raise ValueError(
+            f"{what}: cannot classify {len(bad)} leaf/leaves:\n{lines}\n{hint}"
+            "Label them with labels={path_regex: role_name} (e.g. labels={"
+            f"{bad[0].path.split('/')[-1]!r}: {example!r}}}) or a callable (path, leaf) -> role "
+            f"name | Role | None. Role names: {ROLE_NAMES}, optionally prefixed 'scanned/'; "
+            "normtx.roles.Role(name, fan_in_axes, fan_out_axes, layer_axes, batch_axes) gives "
+            "any other layout."
+        )
+    for lf in leaves:
+        lf.role.check(lf.shape, lf.path)
+    return [(lf.path, lf.leaf, lf.role) for lf in leaves]
+
+
+def _explicit_roles(flat, roles, heads_as_batch, what) -> list[tuple[str, Any, Role]]:
+    is_role = lambda x: isinstance(x, (Role, str))  # noqa: E731
+    given, _ = flatten_with_paths(roles, is_leaf=is_role)
+    by_path = {}
+    for path, value in given:
+        if not is_role(value):
+            raise ValueError(
+                f"{what}: entry {path!r} of the roles tree is {value!r}; expected a role name "
+                f"({ROLE_NAMES}) or a normtx.roles.Role."
+            )
+        by_path[path] = value
+    paths = [p for p, _ in flat]
+    missing = [p for p in paths if p not in by_path]
+    extra = [p for p in by_path if p not in set(paths)]
+    if missing or extra:
+        raise ValueError(
+            f"{what}: the roles tree does not match the parameter tree. Parameters without a "
+            f"role: {missing[:12]}; roles without a parameter: {extra[:12]}. Build it with "
+            "normtx.roles.infer(params) and edit it, or leave roles=None to infer them."
+        )
+    return [(p, leaf, as_role(by_path[p], np.shape(leaf), p, heads_as_batch)) for p, leaf in flat]
+
+
+def infer(
+    params: Any,
+    *,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> Any:
+    """The role of every leaf of a Flax parameter tree (see the module docstring for the rules).
+
+    Args:
+      params: a linen param dict (``variables['params']`` or the whole ``{'params': …}``), an nnx
+        ``State`` (``nnx.state(model, nnx.Param)``), or any pytree of arrays with Flax names.
+      head: a regex naming the output projection (matched against module and kernel paths, or
+        their trailing components); ``None`` finds it by name or position; ``False``: no head.
+      labels: ``{path_regex: role}`` or ``(path, leaf) -> role | None``, applied before the head
+        rule and taking precedence over inference; a role is a name or a ``Role``.
+      heads_as_batch: treat each attention head as its own matrix (the heads axis of the q/k/v
+        and out kernels becomes a batch axis) instead of one matrix per projection.
+
+    Returns:
+      A pytree of ``Role`` with the structure of ``params``.
+
+    Raises:
+      ValueError: for leaves no rule classifies (listing their paths and how to label them), a
+        ``labels`` regex or ``head`` that matches nothing, or an unknown role name.
+
+    Example::
+
+      roles = normtx.roles.infer(nnx.state(model, nnx.Param))
+      roles = normtx.roles.infer(variables['params'], head='Dense_3', labels={'pos_emb': 'embedding'})
+    """
+    return resolve(params, head=head, labels=labels, heads_as_batch=heads_as_batch)
+
+
+def resolve(
+    params: Any,
+    roles: Any = None,
+    *,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> Any:
+    """A pytree of ``Role`` with the structure of ``params``: ``roles`` or, if ``None``, ``infer``.
+
+    ``roles`` is a pytree of role names / ``Role`` whose leaf paths are those of ``params`` (an
+    nnx ``State`` and its pure-array form have the same paths); it is checked against ``params``.
+    """
+    resolved = resolve_roles(params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch)
+    treedef = jax.tree_util.tree_structure(params)
+    return jax.tree_util.tree_unflatten(treedef, [r for _, _, r in resolved])

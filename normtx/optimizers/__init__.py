@@ -1,0 +1,36 @@
+"""Ready-made optimizers: each one line, each a thin ``optax.chain`` of normtx parts.
+
+Every optimizer here is documented with the norm it descends (anthology Prop. 1: a norm and a step
+size), takes keyword-only typed hyperparameters validated at construction, and works with
+``optax.inject_hyperparams``.
+
+- ``steepest``: ``sign_descent``, ``normalized_sgd``, ``spectral_descent``, ``modular_descent``,
+  ``scion``;
+- ``muon``: ``muon``;
+- ``prodigy``: ``prodigy`` (and ``prodigy_step``, its step before the learning rate);
+- ``soap``: SOAP with decoupled weight decay (``normtx.adaptive.soap``, re-exported).
+"""
+
+from normtx.adaptive.soap import soap
+from normtx.optimizers.muon import POLAR_ROLES, muon
+from normtx.optimizers.prodigy import ProdigyMomentsState, prodigy
+from normtx.optimizers.steepest import (
+    modular_descent,
+    normalized_sgd,
+    scion,
+    sign_descent,
+    spectral_descent,
+)
+
+__all__ = [
+    "POLAR_ROLES",
+    "ProdigyMomentsState",
+    "modular_descent",
+    "muon",
+    "normalized_sgd",
+    "prodigy",
+    "scion",
+    "sign_descent",
+    "soap",
+    "spectral_descent",
+]

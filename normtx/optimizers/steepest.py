@@ -1,0 +1,344 @@
+"""Steepest descent under one norm, under the modular norm of a network, and Scion.
+
+Each optimizer is a thin ``optax.chain``: momentum, the dualized step under its norm (anthology
+Prop. 1), decoupled weight decay, the learning rate.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import optax
+from jax.sharding import Mesh
+from jax.typing import ArrayLike
+
+from normtx._pytree import describe_leaf
+from normtx._validation import check_bool, check_positive, check_probability
+from normtx.geometry import Geometry, HeadSpec, LabelSpec, NormsSpec, RoleModular, ScalesSpec
+from normtx.linalg import PolarMethod, check_polar_method
+from normtx.norms import Norm, l2, linf, spectral
+from normtx.optimizers._chains import (
+    Step,
+    add_weight_decay,
+    check_common,
+    descent,
+    ema_momentum,
+    role_mask,
+)
+from normtx.transforms.escape_velocity import escape_velocity_lr
+from normtx.transforms.modular import modular_direction, modular_step
+
+__all__ = ["modular_descent", "normalized_sgd", "scion", "sign_descent", "spectral_descent"]
+
+
+def sign_descent(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+) -> optax.GradientTransformation:
+    r"""Sign descent: steepest descent under ℓ∞ (max-of-max) norm (anthology Prop. 2, 3).
+
+    Norm: ``max_l max|W_l|`` (ℓ∞ of the flattened weights = the largest ℓ1 -> ℓ∞ operator norm of
+    the layers, Prop. 3). ``step='unit'``: ``w ← w - lr · sign(m)``; ``step='dual_norm'``: the
+    Prop. 2 step ``w ← w - lr · (‖m‖₁/λ) sign(m)``. ``m`` is the gradient, or with ``momentum = β``
+    its EMA ``m_t = β m_{t-1} + (1-β) g_t`` (signum), Nesterov optional; ``weight_decay`` adds
+    ``λ_wd · w`` before the learning rate (decoupled, AdamW style).
+
+    Args:
+      learning_rate: a number or a schedule.
+      momentum: β in ``[0, 1)``.
+      nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
+      weight_decay: decoupled weight decay ≥ 0.
+      step: ``'unit'`` or ``'dual_norm'``.
+      sharpness: λ > 0 of Prop. 1 (``step='dual_norm'`` only).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.sign_descent(1e-3, momentum=0.9)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1–3 (2024).
+    """
+    return descent(linf(), "sign_descent", **locals())
+
+
+def normalized_sgd(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+) -> optax.GradientTransformation:
+    r"""Layer-wise normalized SGD: steepest descent under ``max_l ‖W_l‖₂`` (Prop. 1, 7).
+
+    Norm: the ℓ2 (Frobenius) norm of each leaf, combined by the max over leaves (Prop. 7 with unit
+    scales). ``step='unit'``: ``w_l ← w_l - lr · m_l/‖m_l‖₂``; ``step='dual_norm'``: times
+    ``Σ_k ‖m_k‖₂/λ``. Momentum, Nesterov and weight decay as in ``sign_descent``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.normalized_sgd(0.05, momentum=0.9)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1 and 7 (2024).
+    """
+    return descent(l2(), "normalized_sgd", **locals())
+
+
+def _spectral_or_l2(polar: PolarMethod) -> Callable[[str, Any], Norm]:
+    """Spectral norm of a 2-D kernel; ℓ2 (the spectral norm of a 1 × n matrix) of a vector."""
+    matrix = spectral(polar=polar)
+
+    def norm(path: str, leaf) -> Norm:
+        if leaf.ndim == 2:
+            return matrix
+        if leaf.ndim < 2:
+            return l2()
+        raise _rank_error(path, leaf)
+
+    return norm
+
+
+def _rank_error(path: str, leaf) -> ValueError:
+    return ValueError(
+        f"spectral_descent: leaf {describe_leaf(path, leaf)} has rank {leaf.ndim}; only 2-D "
+        "kernels and vectors have an unambiguous spectral norm. Use "
+        "normtx.optimizers.modular_descent (roles give conv, scanned and attention kernels "
+        "their dimension numbers) or normtx.dualize with norms.spectral(fan_in_axes=…, "
+        "fan_out_axes=…)."
+    )
+
+
+def spectral_descent(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+    polar: PolarMethod = "newton_schulz",
+    mesh: Mesh | None = None,
+) -> optax.GradientTransformation:
+    r"""Spectral descent: Shampoo with its accumulators off (anthology Prop. 5).
+
+    Norm: ``max_l ‖W_l‖_{ℓ2->ℓ2}`` (σ_max of each 2-D kernel; a vector's spectral norm is its ℓ2
+    norm). ``step='unit'``: ``W_l ← W_l - lr · U_l V_lᵀ`` (the polar factor of ``m_l``);
+    ``step='dual_norm'``: times ``Σ_k tr Σ_k / λ``, the Prop. 5 step. Momentum, Nesterov and
+    weight decay as in ``sign_descent``. ``polar`` picks how ``U Vᵀ`` is computed
+    (``normtx.linalg.polar``: ``'newton_schulz'``, 5 Polar Express steps, by default; ``'svd'``
+    exact). Leaves of rank > 2 are rejected at ``init``.
+
+    Args:
+      learning_rate, momentum, nesterov, weight_decay, step, sharpness: as in ``sign_descent``.
+      polar: the polar-factor method (``normtx.linalg.polar``).
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example::
+
+      tx = normtx.optimizers.spectral_descent(0.02, momentum=0.9)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 4 and 5 (2024).
+    """
+    hyper = dict(locals())
+    polar = hyper.pop("polar")
+    check_polar_method(polar, "spectral_descent")
+    return descent(_spectral_or_l2(polar), "spectral_descent", **hyper)
+
+
+def modular_descent(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    momentum: ArrayLike = 0.9,
+    nesterov: bool = False,
+    weight_decay: ArrayLike = 0.0,
+    step: Step = "unit",
+    sharpness: ArrayLike | optax.Schedule = 1.0,
+    escape_velocity: bool = False,
+    init_lr: ArrayLike = 1e-6,
+    rule: Literal["prodigy", "cosine"] = "prodigy",
+    roles: Any = None,
+    norms: NormsSpec = None,
+    scales: ScalesSpec = None,
+    masses: Mapping[str, float] | None = None,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
+) -> optax.GradientTransformation:
+    r"""Steepest descent under the modular norm of a network (anthology Prop. 7 and epilogue).
+
+    Norm: ``max_l s_l N_l(W_l)`` with ``N_l`` and ``s_l`` by role (``normtx.roles``): RMS -> RMS
+    for hidden, attention, conv and head kernels, ℓ1 -> RMS for embeddings, RMS for biases and
+    gains (``normtx.roles.default_norms``; ``normtx.roles.describe(params)`` prints the table).
+    The chain is momentum (EMA ``m_t = β m_{t-1} + (1-β) g_t``, Nesterov optional), then
+    ``modular_norm_partition`` — ``step='unit'``: ``dualize_l(m_l)/s_l`` (a step of modular norm 1);
+    ``step='dual_norm'``: the Prop. 7 step ``(η/s_l) dualize_l(m_l)``,
+    ``η = Σ_k N_k†(m_k)/(s_k λ)`` — then decoupled weight decay ``+ λ_wd w`` on the matrix leaves,
+    then the learning rate. With ``escape_velocity=True`` the direction (weight decay included) is
+    scaled by ``escape_velocity_lr``'s step size, measured in the same modular norm
+    (``normtx.modular_norm`` with the same arguments), and ``learning_rate`` multiplies it (1.0, or
+    a schedule peaking at 1).
+
+    Args:
+      learning_rate: a number or a schedule.
+      momentum: β in ``[0, 1)``; 0 is plain steepest descent.
+      nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
+      weight_decay: decoupled weight decay ≥ 0 on matrix roles (not biases or gains).
+      step: ``'unit'`` or ``'dual_norm'``.
+      sharpness: λ > 0 (``step='dual_norm'`` only).
+      escape_velocity: scale the steps by ``normtx.escape_velocity_lr`` (``update`` then needs
+        ``params``).
+      init_lr: η_0 > 0 of the escape-velocity rule.
+      rule: ``'prodigy'`` or ``'cosine'`` (see ``normtx.escape_velocity_lr``).
+      roles, norms, scales, masses, head, labels, heads_as_batch: the geometry, as in
+        ``normtx.modular_norm_partition``.
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
+
+    Returns:
+      An ``optax.GradientTransformation``. Under ``optax.inject_hyperparams`` pass callables
+      (``labels``, a ``sharpness`` that is not a schedule) in ``static_args``.
+
+    Example::
+
+      tx = normtx.optimizers.modular_descent(0.05, momentum=0.9, weight_decay=1e-4)
+      tx = normtx.optimizers.modular_descent(1.0, escape_velocity=True)
+
+    References:
+      Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8, Story III and the epilogue
+      (2024); Large et al., *Scalable Optimization in the Modular Norm* (2024).
+    """
+    what = "modular_descent"
+    check_common(what, learning_rate, momentum, nesterov, weight_decay)
+    check_bool("escape_velocity", escape_velocity, what)
+    geometry = Geometry(
+        roles,
+        norms=norms,
+        scales=scales,
+        masses=masses,
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+        what=what,
+    )
+    mod = RoleModular(geometry, mesh=mesh)
+    before = ema_momentum(momentum, nesterov)
+    after = add_weight_decay(weight_decay, role_mask(geometry, lambda r: r.is_matrix))
+    if escape_velocity:
+        # One geometry, one modular norm: the rule measures the gradient in the norm the partition
+        # descends, and both run in the same stacked programs (``modular_direction``).
+        direction = modular_direction(
+            mod, before=before, after=after, sharpness=sharpness, step=step
+        )
+        scaled = escape_velocity_lr(direction, norm=mod, init_lr=init_lr, rule=rule)
+        return optax.chain(scaled, optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        before,
+        modular_step(mod, sharpness=sharpness, step=step),
+        after,
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def scion(
+    learning_rate: ArrayLike | optax.Schedule,
+    *,
+    radius: ArrayLike = 1.0,
+    momentum: ArrayLike = 0.9,
+    constrained: bool = True,
+    roles: Any = None,
+    norms: NormsSpec = None,
+    scales: ScalesSpec = None,
+    masses: Mapping[str, float] | None = None,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+    mesh: Mesh | None = None,
+) -> optax.GradientTransformation:
+    r"""Scion: conditional gradient over a ball of the modular norm (Pethick et al., 2025).
+
+    Norm: the modular norm ``max_l s_l N_l(W_l)`` by role (as ``modular_descent``); its ball of
+    radius ρ is ``{N_l(W_l) ≤ ρ/s_l for every l}``, and its linear minimization oracle is
+    ``lmo(d) = -ρ · dualize_l(d_l)/s_l``. With the momentum ``d_t = β d_{t-1} + (1-β) g_t`` (Scion's
+    ``momentum`` parameter is ``α = 1 - β``):
+
+    - ``constrained=True`` (Scion): ``w ← (1-γ) w + γ lmo(d)`` — the iterates stay in the ball;
+      here ``optax.add_decayed_weights(1.0)`` before the learning rate γ (≤ 1).
+    - ``constrained=False`` (unconstrained Scion): ``w ← w + γ lmo(d)``, steepest descent with unit
+      steps in the modular norm scaled by ρ.
+
+    Scion's reference settings put the spectral RMS -> RMS norm on hidden layers (the default
+    here) and ``sign`` on the head: ``norms={'head': normtx.norms.linf()}`` with a larger scale
+    for the head's radius, e.g. ``scales={'head': 1/60}`` for Scion's ``radius·60``.
+
+    Args:
+      learning_rate: γ, a number (≤ 1 when constrained) or a schedule.
+      radius: ρ > 0.
+      momentum: β in ``[0, 1)``.
+      constrained: the constrained (Frank–Wolfe) or the unconstrained variant.
+      roles, norms, scales, masses, head, labels, heads_as_batch: as in
+        ``normtx.modular_norm_partition``.
+      mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
+        leaves together by the owner-device strategy over its devices (``normtx.sharding``)
+        instead of every device computing every one.
+
+    Returns:
+      An ``optax.GradientTransformation`` (``update`` needs ``params`` when constrained).
+
+    Example::
+
+      tx = normtx.optimizers.scion(0.05, radius=20.0, norms={'head': normtx.norms.linf()})
+
+    References:
+      Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls & Cevher, *Training Deep Learning Models
+      with Norm-Constrained LMOs*, Algorithms 1–2 (2025).
+    """
+    what = "scion"
+    check_positive("learning_rate", learning_rate, what)
+    check_positive("radius", radius, what)
+    check_probability("momentum", momentum, what)
+    check_bool("constrained", constrained, what)
+    if constrained and isinstance(learning_rate, numbers.Real) and learning_rate > 1:
+        raise ValueError(
+            f"{what}: the constrained variant mixes w <- (1-lr) w + lr·lmo, so learning_rate must "
+            f"be <= 1, got {learning_rate!r}."
+        )
+    geometry = Geometry(
+        roles,
+        norms=norms,
+        scales=scales,
+        masses=masses,
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+        what=what,
+    )
+    return optax.chain(
+        ema_momentum(momentum, False),
+        modular_step(RoleModular(geometry, mesh=mesh), step="unit"),
+        optax.scale(radius),
+        optax.add_decayed_weights(1.0) if constrained else optax.identity(),
+        optax.scale_by_learning_rate(learning_rate),
+    )

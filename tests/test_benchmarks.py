@@ -260,4 +260,4 @@ def test_max_abs_sigma_minus_1_closed_form(shape):
     s = np.linspace(0.7, 1.2, k)
     x = (u * s) @ v.T
     tree = {"a": np.asarray(x, np.float32), "b": np.eye(3, dtype=np.float32)}
-    assert bench_accelerator.max_abs_sigma_minus_1(tree) == pytest.approx(0.3, abs=1e-5)
+    assert float(bench_accelerator.max_abs_sigma_minus_1(tree)) == pytest.approx(0.3, abs=1e-5)

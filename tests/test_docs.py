@@ -46,6 +46,7 @@ LITERAL_EXAMPLES = {
     "normtx.optimizers.scion",
     "normtx.optimizers.sign_descent",
     "normtx.optimizers.spectral_descent",
+    "normtx.roles.describe",
     "normtx.roles.infer",
 }
 
@@ -88,12 +89,13 @@ def _directives() -> list[tuple[str, str, str]]:
 def _documented() -> dict[str, object]:
     """The objects the pages document, by their directive targets."""
     documented = {}
-    for _, kind, target in _directives():
-        if kind == "module":
-            documented[target] = importlib.import_module(target)
-        else:  # as autodoc resolves it: an attribute of the module its name is in
-            module_name, _, attr = target.rpartition(".")
-            documented[target] = getattr(importlib.import_module(module_name), attr)
+    for _, _, target in _directives():
+        # By attributes from ``normtx``, as a user reaches it (``normtx.diagnostics`` is the
+        # function, ``normtx.linalg.newton_schulz`` the function, not the modules of those names).
+        obj = importlib.import_module("normtx")
+        for part in target.split(".")[1:]:
+            obj = getattr(obj, part)
+        documented[target] = obj
     return documented
 
 

@@ -218,12 +218,21 @@ def scale_by_soap(
       ValueError: at construction for bad hyperparameters; at ``init`` (naming the leaf's path,
         shape and dtype) for a non-float leaf or a leaf of rank > 2 without dimension numbers.
 
-    Example::
+    Example:
+      With conv kernels: ``optax.chain(normtx.adaptive.scale_by_soap(dimension_numbers=lambda
+      path, leaf: normtx.dims.CONV_HWIO if leaf.ndim == 4 else None),
+      optax.scale_by_learning_rate(3e-3))``. For a diagonal ``G`` the statistics are diagonal,
+      their eigenbases the standard one, and the second step is Adam's first: ``G / |G|``.
 
-      dims = lambda path, leaf: normtx.dims.CONV_HWIO if leaf.ndim == 4 else None
-      tx = optax.chain(
-          normtx.adaptive.scale_by_soap(precondition_frequency=10, dimension_numbers=dims),
-          optax.scale_by_learning_rate(3e-3))
+      >>> tx = normtx.adaptive.scale_by_soap(precondition_frequency=10)
+      >>> g = jnp.array([[3.0, 0.0], [0.0, -1.0]], jnp.float32)
+      >>> step = jax.jit(tx.update)
+      >>> d, state = step(g, tx.init(g))
+      >>> bool(jnp.all(d == 0))  # the first step only fills L and R
+      True
+      >>> d, state = step(g, state)
+      >>> bool(jnp.allclose(d, jnp.array([[1.0, 0.0], [0.0, -1.0]]), atol=1e-5))
+      True
 
     References:
       Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson & Kakade, *SOAP: Improving and
@@ -381,10 +390,24 @@ def soap(
     Returns:
       An ``optax.GradientTransformation`` returning the final update; it needs ``params``.
 
-    Example::
+    Example:
+      Decay on the matrices only. The first step is the decay alone (``D_1 = 0``); the second
+      adds ``D_2 = G / |G|`` for the diagonal ``G`` of ``scale_by_soap``'s example.
 
-      tx = normtx.adaptive.soap(3e-3, weight_decay=0.01,
-                                mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+      >>> tx = normtx.adaptive.soap(3e-3, weight_decay=0.01,
+      ...                           mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+      >>> params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float32)}
+      >>> grads = {"w": jnp.array([[3.0, 0.0], [0.0, -1.0]], jnp.float32),
+      ...          "b": jnp.array([1.0, -2.0], jnp.float32)}
+      >>> step = jax.jit(tx.update)
+      >>> u, state = step(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(u["w"], np.float64) / 3e-3, 4))  # -0.01 w
+      [[-0.01 -0.01]
+       [-0.01 -0.01]]
+      >>> u, state = step(grads, state, params)
+      >>> print(np.round(np.asarray(u["w"], np.float64) / 3e-3, 4))  # -(G / |G| + 0.01 w)
+      [[-1.01 -0.01]
+       [-0.01  0.99]]
 
     References:
       Vyas et al., *SOAP: Improving and Stabilizing Shampoo using Adam*, arXiv:2409.11321

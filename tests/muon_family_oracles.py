@@ -33,10 +33,13 @@ def polar(g: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def normuon(kernel_grads, *, beta1=0.95, beta2=0.95, eps=1e-8, rms=0.2, orthogonalize=None):
+def normuon(
+    kernel_grads, *, beta1=0.95, beta2=0.95, eps=1e-8, rms=0.2, nesterov=False, orthogonalize=None
+):
     """NorMuon (Li et al. 2025, Algorithm 1), without weight decay:
 
-    ``M_t = β₁M_{t-1} + (1-β₁)G_t``, ``O_t = NS5(M_t)``,
+    ``M_t = β₁M_{t-1} + (1-β₁)G_t``, ``O_t = NS5(M_t)`` (Nesterov, as the official code:
+    ``NS5((1-β₁)G_t + β₁M_t)``),
     ``v_t = β₂v_{t-1} + (1-β₂) mean_cols(O_t ⊙ O_t)`` (``v ∈ R^m``, one entry per row/neuron),
     ``Ô_t = O_t ⊘ (√V_t + ε)``, update ``0.2 √(mn) Ô_t/‖Ô_t‖_F`` (``η̂ = 0.2η√(mn)/‖Ô_t‖_F``).
     """
@@ -46,7 +49,7 @@ def normuon(kernel_grads, *, beta1=0.95, beta2=0.95, eps=1e-8, rms=0.2, orthogon
     for k in kernel_grads:
         g = np.asarray(k, np.float64).T  # W layout (d_out, d_in)
         m = (1 - beta1) * g if m is None else beta1 * m + (1 - beta1) * g
-        o = orthogonalize(m)
+        o = orthogonalize((1 - beta1) * g + beta1 * m if nesterov else m)
         mean_cols = np.mean(o * o, axis=1)
         v = (1 - beta2) * mean_cols if v is None else beta2 * v + (1 - beta2) * mean_cols
         o_hat = o / (np.sqrt(v)[:, None] + eps)

@@ -56,11 +56,6 @@ TRANSFORMS = {
     ),
     "scale_by_neuron_rms(masked)": lambda: optax.masked(normtx.scale_by_neuron_rms(), kernels),
     "scale_to_rms(masked)": lambda: optax.masked(normtx.scale_to_rms(), kernels),
-    "orthogonalize_dion(masked)": lambda: optax.masked(
-        normtx.orthogonalize_dion(key=jax.random.key(0), rank_fraction=0.5), kernels
-    ),
-    "scale_by_neuron_rms(masked)": lambda: optax.masked(normtx.scale_by_neuron_rms(), kernels),
-    "scale_to_rms(masked)": lambda: optax.masked(normtx.scale_to_rms(), kernels),
     "escape_velocity_lr": lambda: normtx.escape_velocity_lr(
         normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3
     ),
@@ -87,6 +82,8 @@ TRANSFORMS = {
     "scion": lambda: optimizers.scion(0.01),
     "muon": lambda: optimizers.muon(0.01),
     "muon(others=modular)": lambda: optimizers.muon(0.01, others="modular", weight_decay=0.01),
+    "normuon": lambda: optimizers.normuon(0.01, nesterov=True, weight_decay=0.01),
+    "adamuon": lambda: optimizers.adamuon(0.01, weight_decay=0.01),
     "prodigy": lambda: optimizers.prodigy(),
     "full_adagrad": lambda: adaptive.scale_by_full_adagrad(eps=1e-8),
     "adamw_fully_decoupled": lambda: adaptive.adamw_fully_decoupled(

@@ -98,6 +98,21 @@ CASES = [
         r"scion: .*learning_rate must be <= 1, got 2\.0",
     ),
     (
+        "normuon_beta2_of_one",
+        lambda: optimizers.normuon(0.1, beta2=1.0),
+        r"normuon: beta2 must be in \[0, 1\), got 1\.0",
+    ),
+    (
+        "adamuon_eps_of_zero",
+        lambda: optimizers.adamuon(0.1, eps=0.0),
+        r"adamuon: eps must be > 0, got 0\.0",
+    ),
+    (
+        "adamuon_negative_rms",
+        lambda: optimizers.adamuon(0.1, rms=-0.2),
+        r"adamuon: rms must be > 0, got -0\.2",
+    ),
+    (
         "unknown_muon_others",
         lambda: optimizers.muon(0.1, others="adam"),
         r"muon: others must be one of \('adamw', 'modular'\), got 'adam'",

@@ -45,6 +45,8 @@ EXTREMES = (1e38, 1e-38)
 VARIANTS = [(v, where) for v in NONFINITE + EXTREMES for where in ("tree", "entry")]
 SQUARES = {  # keep g² in state: (1e38)² > float32/bfloat16 max ≈ 3.4e38
     "muon",  # AdamW (optax.scale_by_adam) on the non-matrix leaves
+    "normuon",  # as Muon
+    "adamuon",  # as Muon
     "scale_by_neuron_rms(masked)",  # each neuron's mean square
     "prodigy",
     "full_adagrad",

@@ -7,11 +7,13 @@ size), takes keyword-only typed hyperparameters validated at construction, and w
 - ``steepest``: ``sign_descent``, ``normalized_sgd``, ``spectral_descent``, ``modular_descent``,
   ``scion``;
 - ``muon``: ``muon``;
+- ``adaptive_muon``: ``normuon``, ``adamuon`` (Muon with a second moment of its polar factor);
 - ``prodigy``: ``prodigy`` (and ``prodigy_step``, its step before the learning rate);
 - ``soap``: SOAP with decoupled weight decay (``normtx.adaptive.soap``, re-exported).
 """
 
 from normtx.adaptive.soap import soap
+from normtx.optimizers.adaptive_muon import adamuon, normuon
 from normtx.optimizers.muon import POLAR_ROLES, muon
 from normtx.optimizers.prodigy import ProdigyMomentsState, prodigy
 from normtx.optimizers.steepest import (
@@ -25,9 +27,11 @@ from normtx.optimizers.steepest import (
 __all__ = [
     "POLAR_ROLES",
     "ProdigyMomentsState",
+    "adamuon",
     "modular_descent",
     "muon",
     "normalized_sgd",
+    "normuon",
     "prodigy",
     "scion",
     "sign_descent",

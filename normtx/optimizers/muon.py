@@ -23,18 +23,16 @@ from normtx._validation import (
     check_probability,
     check_static,
 )
-from normtx.geometry import ROLE_NAMES, Geometry, HeadSpec, LabelSpec, RoleModular
+from normtx.geometry import POLAR_ROLES, ROLE_NAMES, Geometry, HeadSpec, LabelSpec, RoleModular
 from normtx.linalg import newton_schulz
 from normtx.linalg.ns_coefficients import NsSchedule, newton_schulz_schedule
-from normtx.norms import Schatten, rms_to_rms, spectral
+from normtx.norms import Norm, Schatten, rms_to_rms, spectral
 from normtx.optimizers._chains import add_weight_decay, check_common, ema_momentum, role_mask
 from normtx.transforms.modular import modular_step
 
 __all__ = ["POLAR_ROLES", "muon"]
 
 MuonScaling = Literal["muon", "rms_to_rms", "spectral"]
-POLAR_ROLES: tuple[str, ...] = ("hidden", "conv", "attention")
-"""Roles whose leaves Muon orthogonalizes (every other role is Muon's 'other' parameters)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,16 +125,11 @@ def muon(
     check_common(what, learning_rate, beta, nesterov, weight_decay)
     check_choice("scale", scale, tuple(_MUON_NORMS), what)
     check_choice("others", others, ("adamw", "modular"), what)
-    check_int("ns_steps", ns_steps, what, minimum=1)
-    check_static("ns_coefficients", ns_coefficients, what, arrays=True)
-    newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
-    polar = functools.partial(newton_schulz, steps=ns_steps, coefficients=ns_coefficients)
-    matrix = _MUON_NORMS[scale](polar=polar)
-    # 'adamw': the other roles pass the partition unchanged (their AdamW step is made around it).
-    skip = dict.fromkeys(set(ROLE_NAMES) - set(POLAR_ROLES)) if others == "adamw" else {}
-    geometry = Geometry(
-        roles,
-        norms={**dict.fromkeys(POLAR_ROLES, matrix), **skip},
+    polar = polar_function(ns_coefficients, ns_steps, what)
+    geometry = polar_geometry(
+        _MUON_NORMS[scale](polar=polar),
+        adamw=others == "adamw",
+        roles=roles,
         head=head,
         labels=labels,
         heads_as_batch=heads_as_batch,
@@ -150,6 +143,70 @@ def muon(
             add_weight_decay(weight_decay, role_mask(geometry, lambda r: r.is_matrix)),
             optax.scale_by_learning_rate(learning_rate),
         )
+    return adamw_split(
+        geometry,
+        what,
+        momentum=ema_momentum(beta, nesterov),
+        direction=partition,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        adam_learning_rate=adam_learning_rate,
+        adam_b1=adam_b1,
+        adam_b2=adam_b2,
+        adam_eps=adam_eps,
+        adam_weight_decay=adam_weight_decay,
+    )
+
+
+def polar_function(ns_coefficients: NsSchedule | ArrayLike, ns_steps: int, what: str):
+    """``G ↦ NS(G)``: ``ns_steps`` Newton–Schulz steps with ``ns_coefficients``, validated here."""
+    check_int("ns_steps", ns_steps, what, minimum=1)
+    check_static("ns_coefficients", ns_coefficients, what, arrays=True)
+    newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
+    return functools.partial(newton_schulz, steps=ns_steps, coefficients=ns_coefficients)
+
+
+def polar_geometry(
+    norm: Norm,
+    *,
+    adamw: bool,
+    roles: Any,
+    head: HeadSpec,
+    labels: LabelSpec,
+    heads_as_batch: bool,
+    what: str,
+) -> Geometry:
+    """``norm`` on the ``POLAR_ROLES``; with ``adamw`` every other role is not normed, so the polar
+    step passes its leaves unchanged (their AdamW step is made around it by ``adamw_split``)."""
+    skip = dict.fromkeys(set(ROLE_NAMES) - set(POLAR_ROLES)) if adamw else {}
+    return Geometry(
+        roles,
+        norms={**dict.fromkeys(POLAR_ROLES, norm), **skip},
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+        what=what,
+    )
+
+
+def adamw_split(
+    geometry: Geometry,
+    what: str,
+    *,
+    momentum: optax.GradientTransformation,
+    direction: optax.GradientTransformation,
+    learning_rate: ArrayLike | optax.Schedule,
+    weight_decay: ArrayLike,
+    adam_learning_rate: ArrayLike | optax.Schedule | None,
+    adam_b1: ArrayLike,
+    adam_b2: ArrayLike,
+    adam_eps: ArrayLike,
+    adam_weight_decay: ArrayLike,
+) -> optax.GradientTransformation:
+    """Muon's split: ``momentum`` on the ``POLAR_ROLES`` leaves and Adam's moments on the others,
+    then ``direction`` on the whole tree (it must pass the other leaves unchanged), then each
+    group's decoupled weight decay and learning rate (``adam_learning_rate`` defaults to
+    ``learning_rate``). Validates the ``adam_*`` hyperparameters."""
     adam_learning_rate = learning_rate if adam_learning_rate is None else adam_learning_rate
     check_positive("adam_learning_rate", adam_learning_rate, what)
     check_positive("adam_eps", adam_eps, what, allow_zero=True)
@@ -159,13 +216,9 @@ def muon(
     label = role_mask(geometry, lambda r: "muon" if r.name in POLAR_ROLES else "adam")
     return optax.chain(
         optax.partition(
-            {
-                "muon": ema_momentum(beta, nesterov),
-                "adam": optax.scale_by_adam(adam_b1, adam_b2, adam_eps),
-            },
-            label,
+            {"muon": momentum, "adam": optax.scale_by_adam(adam_b1, adam_b2, adam_eps)}, label
         ),
-        partition,
+        direction,
         optax.partition(
             {
                 "muon": optax.chain(

@@ -16,6 +16,8 @@ role          leaves                                       dimension numbers
               out kernel ``(heads, d_head, d_model)``      ``(0, 1) -> (2,)``
 ``bias``      biases                                       a vector norm
 ``gain``      norm-layer scales (LayerNorm, RMSNorm, …)    a vector norm
+``frozen``    leaves not trained (only by ``labels=``)     no norm; the optimizers give
+                                                           them a zero update
 ============  ===========================================  ==============================
 
 A leaf stacked by ``nn.scan``/``nnx.scan``/``nnx.vmap`` carries leading *layer axes*: its role is
@@ -47,12 +49,16 @@ Regexes (``labels`` keys and ``head``) match a whole path or its trailing compon
 
 ``describe(params)`` returns the table of paths, shapes, roles, norms and scales that
 ``normtx.modular_norm_partition`` uses with the same arguments (``Geometry.assign`` computes
-both). The code lives in ``normtx.geometry``; this module is its public face.
+both). ``optax_labels(params)`` and ``muon_dimension_numbers(params)`` export the roles to optax
+(``optax.partition`` labels, ``optax.contrib.muon``'s dimension numbers). The code lives in
+``normtx.geometry``; this module is its public face.
 """
 
 from normtx.geometry import (
     DEFAULT_MASSES,
+    FROZEN,
     MATRIX_ROLES,
+    POLAR_ROLES,
     ROLE_NAMES,
     VECTOR_ROLES,
     Assignment,
@@ -64,12 +70,16 @@ from normtx.geometry import (
     describe,
     infer,
     merge_norms,
+    muon_dimension_numbers,
+    optax_labels,
     resolve,
 )
 
 __all__ = [
     "DEFAULT_MASSES",
+    "FROZEN",
     "MATRIX_ROLES",
+    "POLAR_ROLES",
     "ROLE_NAMES",
     "VECTOR_ROLES",
     "Assignment",
@@ -81,5 +91,7 @@ __all__ = [
     "describe",
     "infer",
     "merge_norms",
+    "muon_dimension_numbers",
+    "optax_labels",
     "resolve",
 ]

@@ -5,7 +5,8 @@ modular norm they make (anthology Prop. 7 and the epilogue).
 - ``infer``: the Flax rules that find every leaf's role from its path and shape;
 - ``assign``: ``Geometry`` (roles + a norm and a scale per role), resolved once per tree
   structure into one ``Assignment`` per leaf, and the ``describe`` table;
-- ``modular``: ``RoleModular``/``modular_norm``, the modular norm over those assignments.
+- ``modular``: ``RoleModular``/``modular_norm``, the modular norm over those assignments;
+- ``export``: the roles for optax (``optax_labels``, ``muon_dimension_numbers``).
 
 The public names are re-exported by ``normtx.roles`` (and ``normtx.modular_norm``).
 """
@@ -22,13 +23,16 @@ from normtx.geometry.assign import (
     describe,
     merge_norms,
 )
+from normtx.geometry.export import muon_dimension_numbers, optax_labels
 from normtx.geometry.infer import HeadSpec, LabelSpec, infer, resolve
 from normtx.geometry.modular import RoleModular, modular_norm
-from normtx.geometry.role import MATRIX_ROLES, ROLE_NAMES, VECTOR_ROLES, Role
+from normtx.geometry.role import FROZEN, MATRIX_ROLES, POLAR_ROLES, ROLE_NAMES, VECTOR_ROLES, Role
 
 __all__ = [
     "DEFAULT_MASSES",
+    "FROZEN",
     "MATRIX_ROLES",
+    "POLAR_ROLES",
     "ROLE_NAMES",
     "VECTOR_ROLES",
     "Assignment",
@@ -46,5 +50,7 @@ __all__ = [
     "infer",
     "merge_norms",
     "modular_norm",
+    "muon_dimension_numbers",
+    "optax_labels",
     "resolve",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx.geometry.infer import HeadSpec, LabelSpec, resolve_roles
-from normtx.geometry.role import ROLE_NAMES, Role
+from normtx.geometry.role import FROZEN, ROLE_NAMES, Role
 from normtx.norms.base import Norm
 from normtx.norms.operator import OperatorNorm, l1_to_rms, rms_to_rms
 from normtx.norms.vector import VectorNorm, rms
@@ -107,7 +107,8 @@ def _bind(norm: Norm | None, role: Role, path: str, leaf, what: str) -> Norm | N
 
 
 def merge_norms(norms: NormsSpec, what: str) -> dict[str, Norm | None]:
-    table: dict[str, Norm | None] = dict(default_norms())
+    """``default_norms()`` overridden by ``norms``; the ``'frozen'`` role has no norm."""
+    table: dict[str, Norm | None] = {**default_norms(), FROZEN: None}
     if norms is None:
         return table
     if not isinstance(norms, Mapping):
@@ -121,6 +122,11 @@ def merge_norms(norms: NormsSpec, what: str) -> dict[str, Norm | None]:
         if value is not None and not isinstance(value, Norm):
             raise ValueError(
                 f"{what}: norms[{key!r}] must be a normtx Norm or None, got {value!r}."
+            )
+        if key == FROZEN and value is not None:
+            raise ValueError(
+                f"{what}: the 'frozen' role takes no norm (its leaves are not trained), got "
+                f"norms['frozen']={value!r}; give the leaves another role to train them."
             )
         table[key] = value
     return table

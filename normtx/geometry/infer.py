@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from normtx._pytree import describe_leaf, flatten_with_paths
-from normtx.geometry.role import ROLE_NAMES, Role, as_role
+from normtx.geometry.role import FROZEN, ROLE_NAMES, Role, as_role
 from normtx.geometry.role import _attention_role as _attention_role
 
 __all__ = ["HeadSpec", "LabelSpec", "infer", "resolve", "resolve_roles"]
@@ -255,13 +255,25 @@ def _assign_head(leaves: list[_Leaf], head: HeadSpec, labelled: set[str]) -> Non
         return
     if any(lf.role is not None and lf.role.name == "head" for lf in leaves):
         return  # labelled explicitly
-    named = [lf for lf in dense if lf.module and _HEAD_NAME.fullmatch(lf.module[-1].lower())]
+    # A Dense kernel labelled 'frozen' keeps its place among the candidates (and its label):
+    # freezing the head must not make the layer below it the head.
+    pool = [
+        lf
+        for lf in leaves
+        if lf in dense or (lf.role is not None and lf.role.name == FROZEN and _is_dense_kernel(lf))
+    ]
+    named = [lf for lf in pool if lf.module and _HEAD_NAME.fullmatch(lf.module[-1].lower())]
     if not named:
         top = min(len(lf.module) for lf in leaves)
-        candidates = [lf for lf in dense if len(lf.module) == top]
+        candidates = [lf for lf in pool if len(lf.module) == top]
         named = [max(candidates, key=lambda lf: _natural_key(lf.path))] if candidates else []
     for lf in named:
-        lf.role = Role("head", (0,), (1,))
+        if lf in dense:
+            lf.role = Role("head", (0,), (1,))
+
+
+def _is_dense_kernel(lf: _Leaf) -> bool:
+    return lf.name == "kernel" and len(lf.shape) == 2
 
 
 def resolve_roles(

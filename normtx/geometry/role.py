@@ -12,11 +12,25 @@ import dataclasses
 
 from normtx.dims import DimensionNumbers
 
-__all__ = ["MATRIX_ROLES", "ROLE_NAMES", "VECTOR_ROLES", "Role", "as_role"]
+__all__ = [
+    "FROZEN",
+    "MATRIX_ROLES",
+    "POLAR_ROLES",
+    "ROLE_NAMES",
+    "VECTOR_ROLES",
+    "Role",
+    "as_role",
+]
 
 MATRIX_ROLES: tuple[str, ...] = ("hidden", "head", "embedding", "conv", "attention")
 VECTOR_ROLES: tuple[str, ...] = ("bias", "gain")
-ROLE_NAMES: tuple[str, ...] = MATRIX_ROLES + VECTOR_ROLES
+FROZEN: str = "frozen"
+"""The role of a leaf that is not trained: it has no norm (it is outside the modular norm and its
+masses), and the optimizers (``modular_descent``, ``scion``, ``muon``) give it a zero update and
+no momentum. Only ``labels=``/``roles=`` assign it (``labels={'embed': 'frozen'}``)."""
+ROLE_NAMES: tuple[str, ...] = MATRIX_ROLES + VECTOR_ROLES + (FROZEN,)
+POLAR_ROLES: tuple[str, ...] = ("hidden", "conv", "attention")
+"""Roles whose leaves Muon orthogonalizes (every other role is Muon's 'other' parameters)."""
 
 
 def _axes(axes) -> tuple[int, ...]:
@@ -147,7 +161,7 @@ def _role_from_name(name: str, shape: tuple[int, ...], path: str, heads_as_batch
     lay = tuple(range(layers))
     if rank < layers:
         raise ValueError(f"leaf {path!r} of shape {shape} has no layer axis for role {name!r}.")
-    if base in VECTOR_ROLES:
+    if base in VECTOR_ROLES or base == FROZEN:
         return Role(base, layer_axes=lay)
     if base == "attention":
         out = path.split("/")[-2:-1] == ["out"]

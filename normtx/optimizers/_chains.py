@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from normtx._validation import check_bool, check_choice, check_positive, check_probability
-from normtx.geometry import Geometry, Role
+from normtx.geometry import FROZEN, Geometry, Role
 from normtx.norms import NormSpec
 from normtx.transforms.dualize import dualize, scale_by_dual_norm
 
@@ -21,16 +22,57 @@ Step = Literal["unit", "dual_norm"]
 ``'dual_norm'``: the Prop. 1/7 step, the direction times ``Σ_k N_k†(m_k)/λ``."""
 
 
-def ema_momentum(beta: ArrayLike, nesterov: bool) -> optax.GradientTransformation:
+class DebiasedMomentumState(NamedTuple):
+    """State of ``ema_momentum(..., bias_correction=True)``."""
+
+    count: jax.Array  # int32 scalar: updates applied so far (t - 1 during update t)
+    mu: optax.Updates  # m_t = β m_{t-1} + (1-β) g_t, in mu_dtype (default: each leaf's dtype)
+
+
+def ema_momentum(
+    beta: ArrayLike,
+    nesterov: bool,
+    *,
+    bias_correction: bool = False,
+    mu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformation:
     """``m_t = β m_{t-1} + (1-β) g_t``; Nesterov: ``(1-β) g_t + β m_t`` (Muon's reference form).
 
-    ``optax.trace`` followed by ``optax.scale(1 - β)``: an EMA of the gradient without bias
-    correction. ``β = 0`` (a number) is the gradient itself, with no buffer: no state to keep,
-    and a NaN gradient cannot stay in one (``0 · NaN = NaN`` would poison every later step).
+    Without bias correction: ``optax.trace`` (its buffer ``m_t/(1-β)`` in ``mu_dtype``) followed by
+    ``optax.scale(1 - β)``. With ``bias_correction`` (``optax.contrib.muon``'s form): ``m_t/(1-β^t)``,
+    and with Nesterov ``β m_t/(1-β^{t+1}) + (1-β) g_t/(1-β^t)``. ``β = 0`` (a number) is the
+    gradient itself, with no buffer: no state to keep, and a NaN gradient cannot stay in one
+    (``0 · NaN = NaN`` would poison every later step).
     """
     if isinstance(beta, numbers.Real) and beta == 0:
         return optax.identity()
-    return optax.chain(optax.trace(decay=beta, nesterov=nesterov), optax.scale(1.0 - beta))
+    if not bias_correction:
+        return optax.chain(
+            optax.trace(decay=beta, nesterov=nesterov, accumulator_dtype=mu_dtype),
+            optax.scale(1.0 - beta),
+        )
+
+    def init_fn(params):
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
+        return DebiasedMomentumState(count=jnp.zeros([], jnp.int32), mu=mu)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, beta, 1)
+        count = optax.safe_increment(state.count)
+        if nesterov:
+            out = jax.tree.map(
+                lambda m, g: beta * m + (1 - beta) * g,
+                optax.tree.bias_correction(mu, beta, optax.safe_increment(count)),
+                optax.tree.bias_correction(updates, beta, count),
+            )
+        else:
+            out = optax.tree.bias_correction(mu, beta, count)
+        out = jax.tree.map(lambda o, g: o.astype(jnp.result_type(g)), out, updates)
+        mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
+        return out, DebiasedMomentumState(count=count, mu=mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def add_weight_decay(weight_decay: ArrayLike, mask: Any = None) -> optax.GradientTransformation:
@@ -55,6 +97,21 @@ def check_common(what: str, learning_rate, momentum, nesterov, weight_decay) -> 
     check_positive("weight_decay", weight_decay, what, allow_zero=True)
 
 
+def check_mu_dtype(mu_dtype: Any, what: str) -> None:
+    """Raises ``ValueError`` unless ``mu_dtype`` is ``None`` or a floating dtype."""
+    if mu_dtype is None:
+        return
+    try:
+        ok = jnp.issubdtype(jnp.dtype(mu_dtype), jnp.floating)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{what}: mu_dtype must be None (each parameter's dtype) or a floating dtype such as "
+            f"jnp.bfloat16, got {mu_dtype!r}."
+        )
+
+
 def descent(
     norm: NormSpec,
     what: str,
@@ -65,14 +122,17 @@ def descent(
     weight_decay,
     step: Step,
     sharpness,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
     mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
     """Momentum, the steepest-descent step under ``norm``, weight decay, the learning rate."""
     check_common(what, learning_rate, momentum, nesterov, weight_decay)
+    check_mu_dtype(mu_dtype, what)
     return optax.chain(
-        ema_momentum(momentum, nesterov),
+        ema_momentum(momentum, nesterov, mu_dtype=mu_dtype),
         steepest(norm, step, sharpness, what, mesh),
-        add_weight_decay(weight_decay),
+        add_weight_decay(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -80,3 +140,16 @@ def descent(
 def role_mask(geometry: Geometry, keep: Callable[[Role], Any]) -> Any:
     """``params -> tree of keep(role)``, the roles resolved as the partition resolves them."""
     return lambda params: jax.tree.map(keep, geometry.resolve(params))
+
+
+def skip_frozen(
+    geometry: Geometry, tx: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """``tx`` on every leaf but those labelled ``'frozen'``, which pass it unchanged and keep no
+    state in it (``optax.masked``)."""
+    return optax.masked(tx, role_mask(geometry, lambda r: r.name != FROZEN))
+
+
+def zero_frozen(geometry: Geometry) -> optax.GradientTransformation:
+    """A zero update on the leaves labelled ``'frozen'``; every other leaf unchanged."""
+    return optax.masked(optax.set_to_zero(), role_mask(geometry, lambda r: r.name == FROZEN))

@@ -23,7 +23,7 @@ from normtx._validation import (
     check_probability,
     check_static,
 )
-from normtx.geometry import ROLE_NAMES, Geometry, HeadSpec, LabelSpec, RoleModular
+from normtx.geometry import POLAR_ROLES, ROLE_NAMES, Geometry, HeadSpec, LabelSpec, RoleModular
 from normtx.linalg import newton_schulz
 from normtx.linalg.ns_coefficients import NsSchedule, newton_schulz_schedule
 from normtx.norms import Norm, Schatten, rms_to_rms, spectral
@@ -33,8 +33,6 @@ from normtx.transforms.modular import modular_step
 __all__ = ["POLAR_ROLES", "muon"]
 
 MuonScaling = Literal["muon", "rms_to_rms", "spectral"]
-POLAR_ROLES: tuple[str, ...] = ("hidden", "conv", "attention")
-"""Roles whose leaves Muon orthogonalizes (every other role is Muon's 'other' parameters)."""
 
 
 @dataclasses.dataclass(frozen=True)

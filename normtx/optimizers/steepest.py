@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import optax
 from jax.sharding import Mesh
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from normtx._pytree import describe_leaf
 from normtx._validation import check_bool, check_positive, check_probability
@@ -23,9 +23,12 @@ from normtx.optimizers._chains import (
     Step,
     add_weight_decay,
     check_common,
+    check_mu_dtype,
     descent,
     ema_momentum,
     role_mask,
+    skip_frozen,
+    zero_frozen,
 )
 from normtx.transforms.escape_velocity import escape_velocity_lr
 from normtx.transforms.modular import modular_direction, modular_step
@@ -41,6 +44,8 @@ def sign_descent(
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
     sharpness: ArrayLike | optax.Schedule = 1.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Sign descent: steepest descent under ℓ∞ (max-of-max) norm (anthology Prop. 2, 3).
 
@@ -57,6 +62,11 @@ def sign_descent(
       weight_decay: decoupled weight decay ≥ 0.
       step: ``'unit'`` or ``'dual_norm'``.
       sharpness: λ > 0 of Prop. 1 (``step='dual_norm'`` only).
+      weight_decay_mask: where ``weight_decay`` applies, optax's convention
+        (``optax.add_decayed_weights``): ``None`` (every leaf), a pytree of bools with the
+        structure of the params (or a prefix of it), or a callable ``params -> such a pytree``.
+      mu_dtype: dtype of the momentum buffer (optax's ``accumulator_dtype``, e.g.
+        ``jnp.bfloat16``); ``None``: each parameter's dtype.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -79,12 +89,15 @@ def normalized_sgd(
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
     sharpness: ArrayLike | optax.Schedule = 1.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Layer-wise normalized SGD: steepest descent under ``max_l ‖W_l‖₂`` (Prop. 1, 7).
 
     Norm: the ℓ2 (Frobenius) norm of each leaf, combined by the max over leaves (Prop. 7 with unit
     scales). ``step='unit'``: ``w_l ← w_l - lr · m_l/‖m_l‖₂``; ``step='dual_norm'``: times
-    ``Σ_k ‖m_k‖₂/λ``. Momentum, Nesterov and weight decay as in ``sign_descent``.
+    ``Σ_k ‖m_k‖₂/λ``. Momentum, Nesterov, weight decay (and its mask) and ``mu_dtype`` as in
+    ``sign_descent``.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -131,6 +144,8 @@ def spectral_descent(
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
     sharpness: ArrayLike | optax.Schedule = 1.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
     polar: PolarMethod = "newton_schulz",
     mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
@@ -144,7 +159,8 @@ def spectral_descent(
     exact). Leaves of rank > 2 are rejected at ``init``.
 
     Args:
-      learning_rate, momentum, nesterov, weight_decay, step, sharpness: as in ``sign_descent``.
+      learning_rate, momentum, nesterov, weight_decay, step, sharpness, weight_decay_mask,
+        mu_dtype: as in ``sign_descent``.
       polar: the polar-factor method (``normtx.linalg.polar``).
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
         leaves together by the owner-device strategy over its devices (``normtx.sharding``)
@@ -177,6 +193,8 @@ def modular_descent(
     escape_velocity: bool = False,
     init_lr: ArrayLike = 1e-6,
     rule: Literal["prodigy", "cosine"] = "prodigy",
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
     roles: Any = None,
     norms: NormsSpec = None,
     scales: ScalesSpec = None,
@@ -195,7 +213,8 @@ def modular_descent(
     ``modular_norm_partition`` — ``step='unit'``: ``dualize_l(m_l)/s_l`` (a step of modular norm 1);
     ``step='dual_norm'``: the Prop. 7 step ``(η/s_l) dualize_l(m_l)``,
     ``η = Σ_k N_k†(m_k)/(s_k λ)`` — then decoupled weight decay ``+ λ_wd w`` on the matrix leaves,
-    then the learning rate. With ``escape_velocity=True`` the direction (weight decay included) is
+    then the learning rate. Leaves labelled ``'frozen'`` (``labels={'embed': 'frozen'}``) get a
+    zero update and no momentum. With ``escape_velocity=True`` the direction (weight decay included) is
     scaled by ``escape_velocity_lr``'s step size, measured in the same modular norm
     (``normtx.modular_norm`` with the same arguments), and ``learning_rate`` multiplies it (1.0, or
     a schedule peaking at 1).
@@ -211,6 +230,11 @@ def modular_descent(
         ``params``).
       init_lr: η_0 > 0 of the escape-velocity rule.
       rule: ``'prodigy'`` or ``'cosine'`` (see ``normtx.escape_velocity_lr``).
+      weight_decay_mask: where ``weight_decay`` applies: ``None`` (the matrix roles) or, in
+        optax's convention, a pytree of bools (or a prefix of one) or a callable
+        ``params -> such a pytree``, which replaces the default.
+      mu_dtype: dtype of the momentum buffer (e.g. ``jnp.bfloat16``); ``None``: each
+        parameter's dtype.
       roles, norms, scales, masses, head, labels, heads_as_batch: the geometry, as in
         ``normtx.modular_norm_partition``.
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
@@ -233,6 +257,7 @@ def modular_descent(
     what = "modular_descent"
     check_common(what, learning_rate, momentum, nesterov, weight_decay)
     check_bool("escape_velocity", escape_velocity, what)
+    check_mu_dtype(mu_dtype, what)
     geometry = Geometry(
         roles,
         norms=norms,
@@ -244,8 +269,10 @@ def modular_descent(
         what=what,
     )
     mod = RoleModular(geometry, mesh=mesh)
-    before = ema_momentum(momentum, nesterov)
-    after = add_weight_decay(weight_decay, role_mask(geometry, lambda r: r.is_matrix))
+    before = skip_frozen(geometry, ema_momentum(momentum, nesterov, mu_dtype=mu_dtype))
+    if weight_decay_mask is None:
+        weight_decay_mask = role_mask(geometry, lambda r: r.is_matrix)
+    after = add_weight_decay(weight_decay, weight_decay_mask)
     if escape_velocity:
         # One geometry, one modular norm: the rule measures the gradient in the norm the partition
         # descends, and both run in the same stacked programs (``modular_direction``).
@@ -253,12 +280,15 @@ def modular_descent(
             mod, before=before, after=after, sharpness=sharpness, step=step
         )
         scaled = escape_velocity_lr(direction, norm=mod, init_lr=init_lr, rule=rule)
-        return optax.chain(scaled, optax.scale_by_learning_rate(learning_rate))
+        return optax.chain(
+            scaled, optax.scale_by_learning_rate(learning_rate), zero_frozen(geometry)
+        )
     return optax.chain(
         before,
         modular_step(mod, sharpness=sharpness, step=step),
         after,
         optax.scale_by_learning_rate(learning_rate),
+        zero_frozen(geometry),
     )
 
 
@@ -268,6 +298,7 @@ def scion(
     radius: ArrayLike = 1.0,
     momentum: ArrayLike = 0.9,
     constrained: bool = True,
+    mu_dtype: DTypeLike | None = None,
     roles: Any = None,
     norms: NormsSpec = None,
     scales: ScalesSpec = None,
@@ -289,15 +320,17 @@ def scion(
     - ``constrained=False`` (unconstrained Scion): ``w ← w + γ lmo(d)``, steepest descent with unit
       steps in the modular norm scaled by ρ.
 
-    Scion's reference settings put the spectral RMS -> RMS norm on hidden layers (the default
-    here) and ``sign`` on the head: ``norms={'head': normtx.norms.linf()}`` with a larger scale
-    for the head's radius, e.g. ``scales={'head': 1/60}`` for Scion's ``radius·60``.
+    Leaves labelled ``'frozen'`` get a zero update and no momentum. Scion's reference settings put
+    the spectral RMS -> RMS norm on hidden layers (the default here) and ``sign`` on the head:
+    ``norms={'head': normtx.norms.linf()}`` with a larger scale for the head's radius, e.g.
+    ``scales={'head': 1/60}`` for Scion's ``radius·60``.
 
     Args:
       learning_rate: γ, a number (≤ 1 when constrained) or a schedule.
       radius: ρ > 0.
       momentum: β in ``[0, 1)``.
       constrained: the constrained (Frank–Wolfe) or the unconstrained variant.
+      mu_dtype: dtype of the momentum buffer; ``None``: each parameter's dtype.
       roles, norms, scales, masses, head, labels, heads_as_batch: as in
         ``normtx.modular_norm_partition``.
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
@@ -320,6 +353,7 @@ def scion(
     check_positive("radius", radius, what)
     check_probability("momentum", momentum, what)
     check_bool("constrained", constrained, what)
+    check_mu_dtype(mu_dtype, what)
     if constrained and isinstance(learning_rate, numbers.Real) and learning_rate > 1:
         raise ValueError(
             f"{what}: the constrained variant mixes w <- (1-lr) w + lr·lmo, so learning_rate must "
@@ -336,9 +370,10 @@ def scion(
         what=what,
     )
     return optax.chain(
-        ema_momentum(momentum, False),
+        skip_frozen(geometry, ema_momentum(momentum, False, mu_dtype=mu_dtype)),
         modular_step(RoleModular(geometry, mesh=mesh), step="unit"),
         optax.scale(radius),
         optax.add_decayed_weights(1.0) if constrained else optax.identity(),
         optax.scale_by_learning_rate(learning_rate),
+        zero_frozen(geometry),
     )

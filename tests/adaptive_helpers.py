@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import normtx
+
 
 def random_grads(seed: int, shape, steps: int, dtype=np.float32, scale: float = 1.0):
     """``steps`` standard-normal gradients of ``shape`` (a fixed, oblivious sequence)."""
@@ -33,6 +35,27 @@ def run(tx: optax.GradientTransformation, w0, grads, *, jit: bool = True):
         ws.append(jax.tree.map(lambda x: np.asarray(x, np.float64), w))
         ups.append(jax.tree.map(lambda x: np.asarray(x, np.float64), u))
     return ws, ups
+
+
+def run_through_an_overflow(tx: optax.GradientTransformation, grads):
+    """Runs ``tx`` (jitted, from ``init`` of zeros) on ``grads[0]``, then ``grads[1]`` with its
+    ``[0, 0]`` entry set to 1e20 (finite, but its square overflows float32), then ``grads[2]``.
+
+    Checks that ``normtx.diagnostics`` reports the second step and not the third. Returns the
+    gradients as run, the states after each step and the updates of each step (NumPy).
+    """
+    bad = np.array(grads[1])
+    bad[0, 0] = 1e20
+    grads = [grads[0], bad, grads[2]]
+    update = jax.jit(tx.update)
+    state, states, ups = tx.init(jnp.zeros_like(grads[0])), [], []
+    for g in grads:
+        u, state = update(jnp.asarray(g), state)
+        states.append(state)
+        ups.append(np.asarray(u))
+    assert not bool(normtx.diagnostics(states[1], ups[1])["finite"])
+    assert bool(normtx.diagnostics(states[2], ups[2])["finite"])
+    return grads, states, ups
 
 
 def assert_close_per_step(actual, desired, rtol: float):

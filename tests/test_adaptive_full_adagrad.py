@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from adaptive_helpers import assert_close_per_step, random_grads, run
+from adaptive_helpers import assert_close_per_step, random_grads, run, run_through_an_overflow
 from adaptive_oracles import full_adagrad, psd_power
 
 from normtx.adaptive import online_regret, scale_by_full_adagrad
@@ -117,6 +117,35 @@ def test_zero_gradients_give_zero_updates():
     g = {"a": jnp.ones((3, 2)), "b": jnp.asarray(2.0)}
     u, _ = jax.jit(tx.update)(g, state)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(u))
+
+
+@pytest.mark.parametrize(("inverse_root", "tol"), [("eigh", F32), ("newton", NEWTON)])
+def test_default_ridge_reaches_a_weakly_seen_coordinate(inverse_root, tol):
+    """``g₁ = e₀``, ``g₂ = w e₁`` (``w = 1e-3``) on a leaf of 64 entries: ``O₂ = diag(1, w², 0, …)``
+    and ``ε = 1e-6 ‖O₂‖_F``, so coordinate 1 moves by ``w / √(w² + ε) = 0.707`` (eq. 33 with the
+    ridge). With the ridge below the eigh cutoff ``64 eps₃₂ max λ`` the update there was 0.
+    Diagonal statistics: float32 roots are exact up to rounding (Newton: its tolerance)."""
+    w = np.float32(1e-3)
+    grads = [np.zeros((8, 8), np.float32) for _ in range(2)]
+    grads[0][0, 0], grads[1][0, 1] = 1.0, w
+    ups = _ups(scale_by_full_adagrad(inverse_root=inverse_root), grads)
+    assert_close_per_step(ups, full_adagrad(grads, eps=0.0, ridge=1e-6), tol)
+    w = float(w)
+    np.testing.assert_allclose(ups[1][0, 1], w / np.sqrt(w**2 + 1e-6 * np.hypot(1, w**2)), rtol=tol)
+
+
+def test_an_overflowing_gradient_is_reported_and_skipped():
+    """A finite entry of 1e20 overflows ``g gᵀ`` in float32: its block's update is NaN (it was a
+    finite step of about 1e20 through the old statistic, and ``diagnostics`` reported all finite),
+    ``O_t`` keeps none of it, the other block is exact, and the next step is the run's without it."""
+    tx = scale_by_full_adagrad(eps=0.1, block_size=8, **EXACT)  # blocks [0:8] and [8:16]
+    grads, states, ups = run_through_an_overflow(tx, random_grads(5, (4, 4), 3))
+    flat, ups = [g.reshape(-1) for g in grads], [u.reshape(-1) for u in ups]
+    assert np.isnan(ups[1][:8]).all()
+    np.testing.assert_array_equal(states[1].stats[0], states[0].stats[0])
+    kept = full_adagrad([g[8:] for g in flat], eps=0.1)
+    assert_close_per_step([u[8:] for u in ups], kept, F32)
+    assert_close_per_step([ups[2][:8]], full_adagrad([flat[0][:8], flat[2][:8]], eps=0.1)[1:], F32)
 
 
 def test_state_memory_from_eval_shape():

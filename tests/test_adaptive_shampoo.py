@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from adaptive_helpers import assert_close_per_step, random_grads, run, train_digits_cnn
+from adaptive_helpers import (
+    assert_close_per_step,
+    random_grads,
+    run,
+    run_through_an_overflow,
+    train_digits_cnn,
+)
 from adaptive_oracles import psd_power, shampoo
 
 from normtx.adaptive import scale_by_shampoo
@@ -235,6 +241,42 @@ def test_blocks_are_preconditioned_independently():
         for cols in (slice(0, 3), slice(3, 5)):
             oracle = shampoo([g[rows, cols] for g in grads])
             assert_close_per_step(ups[:, rows, cols], oracle, F32)
+
+
+@pytest.mark.parametrize("inverse_root", ["eigh", "newton"])
+def test_default_ridge_reaches_rows_1000x_smaller(inverse_root):
+    """Rows of ``G`` 1000x smaller than the others give ``L`` eigenvalues about 1e-6 of the
+    largest, the size of the default ridge and below the eigh cutoff ``16 eps₃₂ max λ``: the ridge
+    was cut (a pseudo-inverse root) and those rows of ``L^{-1/4} G R^{-1/4}`` had norm 2.6e-3
+    instead of 0.885. Tolerance: the first-order budget ``κ eps₃₂ / p`` of each root, κ the
+    condition number of the ridged statistic (8e5 here)."""
+    g = random_grads(14, (16, 16), 1)[0]
+    g[8:] *= np.float32(1e-3)
+    g64 = g.astype(np.float64)
+    budget, roots = 0.0, []
+    for a in (g64 @ g64.T, g64.T @ g64):
+        a = a + 1e-6 * np.linalg.norm(a) * np.eye(16)
+        lam = np.linalg.eigvalsh(a)
+        budget += lam.max() / lam.min() * EPS32 / 4
+        roots.append(psd_power(a, -0.25))
+    expected = roots[0] @ g64 @ roots[1]
+    u = _ups(scale_by_shampoo(inverse_root=inverse_root), [g])[0]
+    for rows in (slice(None), slice(8, None)):  # the whole direction and the small rows
+        assert_close_per_step([u[rows]], [expected[rows]], budget)
+
+
+def test_an_overflowing_gradient_is_reported_and_skipped():
+    """A finite entry of 1e20 overflows ``G Gᵀ`` in float32: its block's update is NaN (it was a
+    finite step through the old roots, and ``diagnostics`` reported all finite), ``L`` and ``R``
+    keep none of it, the other block is exact, and the next step is the run's without it."""
+    tx = scale_by_shampoo(block_size=4, **EXACT)  # 4 x 8: blocks [:, 0:4] and [:, 4:8]
+    grads, states, ups = run_through_an_overflow(tx, random_grads(15, (4, 8), 3))
+    assert np.isnan(ups[1][:, :4]).all()
+    for field in ("stats_left", "stats_right"):
+        np.testing.assert_array_equal(getattr(states[1], field)[0], getattr(states[0], field)[0])
+    assert_close_per_step([u[:, 4:] for u in ups], shampoo([g[:, 4:] for g in grads]), F32)
+    kept = shampoo([grads[0][:, :4], grads[2][:, :4]])
+    assert_close_per_step([ups[2][:, :4]], kept[1:], F32)
 
 
 def test_conv_kernel_with_dimension_numbers_is_one_matrix():

@@ -351,6 +351,12 @@ CASES = [
         r"leaf 'Dense_0/bias' \(shape \(8,\), float32\) is not a matrix.*vectors='diagonal'",
     ),
     (
+        "adam_nmf_rank_above_the_short_side",
+        _init(adaptive.scale_by_adam_nmf(rank=4, key=jax.random.key(0)), {"w": _f32(3, 5)}),
+        r"rank=4 is more than leaf 'w' \(shape \(3, 5\), float32\) allows: its matrices are "
+        r"3 × 5.*Pass rank <= 3",
+    ),
+    (
         "spectral_descent_rank_three_leaf",
         _init(optimizers.spectral_descent(0.1), {"w": _f32(2, 3, 4)}),
         r"leaf 'w' \(shape \(2, 3, 4\), float32\) has rank 3; only 2-D kernels and vectors",
@@ -359,6 +365,16 @@ CASES = [
         "exponentiated_gradient_axis_out_of_range",
         _init(adaptive.exponentiated_gradient(learning_rate=0.1, axis=3), {"w": _f32(3)}),
         r"axis=3 is out of range for leaf 'w' \(shape \(3,\), float32\)",
+    ),
+    (
+        "exponentiated_gradient_empty_leaf",
+        _init(adaptive.exponentiated_gradient(learning_rate=0.1), {"p": {"w": _f32(0)}}),
+        r"exponentiated_gradient: leaf 'p/w' \(shape \(0,\), float32\) is empty: a point of",
+    ),
+    (
+        "exponentiated_gradient_empty_distributions",
+        _init(adaptive.exponentiated_gradient(learning_rate=0.1, axis=-1), {"w": _f32(3, 0)}),
+        r"leaf 'w' \(shape \(3, 0\), float32\) is empty along axis=-1",
     ),
     (
         "neuron_rms_on_a_bias",
@@ -522,9 +538,29 @@ CASES = [
         r"inverse_pth_root: p must be a positive integer, got 0",
     ),
     (
+        "inverse_root_negative_tol",
+        lambda: linalg.inverse_pth_root(_f32(3, 3), 2, tol=-1e-4),
+        r"inverse_pth_root: tol must be a finite number >= 0, got -0\.0001",
+    ),
+    (
+        "inverse_root_nan_tol",
+        lambda: linalg.inverse_pth_root(_f32(3, 3), 2, tol=math.nan),
+        r"inverse_pth_root: tol must be a finite number >= 0, got nan",
+    ),
+    (
         "newton_schulz_of_a_vector",
         lambda: linalg.newton_schulz(_f32(3)),
         r"newton_schulz: expected matrices \(\.\.\., m, n\), got shape \(3,\)",
+    ),
+    (
+        "newton_schulz_negative_eps",
+        lambda: linalg.newton_schulz(_f32(3, 4), eps=-1e-7),
+        r"newton_schulz: eps must be a finite number > 0, got -1e-07",
+    ),
+    (
+        "newton_schulz_nan_eps",
+        lambda: linalg.newton_schulz(_f32(3, 4), eps=math.nan),
+        r"newton_schulz: eps must be a finite number > 0, got nan",
     ),
 ]
 

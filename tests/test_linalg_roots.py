@@ -75,6 +75,46 @@ def test_rank_deficient_with_documented_ridge(method, p):
     assert _rel(root, _root_oracle(a, p, ridge_abs)) < 40 * (1 + 1 / ridge) * EPS32 / p
 
 
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("p", [1, 2, 4])
+@pytest.mark.parametrize("n", [16, 64])
+def test_default_ridge_is_not_cut_off_in_float32(method, p, n):
+    """``(Â + εI)^{-1/p}`` with ``ε = 1e-6 ‖Â‖_F`` below ``n · eps₃₂ · max λ`` (n >= 9): the ridge
+    is kept, not cut to a pseudo-inverse root (``e₀e₀ᵀ`` at n = 16 gave ``[1, 1] = 0`` under eigh
+    instead of ``ε^{-1/2} = 1000``). A batch of diagonal inputs in random order, rank one and
+    ``cond = 1e12``: float32 ``eigh`` is exact on them, so the error is the root's rounding (or
+    Newton's ``tol / p``), and the oracle is the closed form ``diag((w + ε)^{-1/p})`` in float64.
+    """
+    rng = np.random.default_rng(n + p)
+    spectra = np.stack([np.eye(n)[0], np.geomspace(1.0, 1e-12, n)])  # max|A| = 1: Â = A
+    spectra = np.stack([rng.permutation(w) for w in spectra.astype(np.float32)]).astype(np.float64)
+    roots = inverse_pth_root(
+        jnp.asarray(np.stack(list(map(np.diag, spectra))), jnp.float32), p, method=method
+    )
+    for w, root in zip(spectra, roots, strict=True):
+        expected = np.diag((w + 1e-6 * np.linalg.norm(w)) ** (-1.0 / p))
+        assert _rel(root, expected) < 1000 * EPS32 / p  # Newton's default tol: error about tol / p
+
+
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("p", [1, 2, 4])
+@pytest.mark.parametrize("n", [16, 64])
+def test_default_ridge_matches_float64_eigh_up_to_cond_1e12(method, p, n):
+    """The documented ``(Â + ridge ‖Â‖_F I)^{-1/p} · s^{-1/p}`` (``Â = A / s``, ``s = max|A|``) for
+    a batch of rotated spectra down to 1e-3, 1e-6 and 1e-12, in float64: within the budget
+    ``40 κ eps₆₄ / p``, κ the condition number of ``Â + εI`` (at most ``1 + 1/ridge``)."""
+    rng = np.random.default_rng(n + p)
+    mats = [_spd(rng, n, np.geomspace(1.0, 1.0 / cond, n))[0] for cond in (1e3, 1e6, 1e12)]
+    roots = inverse_pth_root(jnp.asarray(np.stack(mats), jnp.float64), p, method=method)
+    assert roots.dtype == jnp.float64
+    for a, root in zip(mats, roots, strict=True):
+        s = np.abs(a).max()
+        eps = 1e-6 * np.linalg.norm(a / s)
+        lam = np.linalg.eigvalsh(a / s) + eps
+        expected = _root_oracle(a / s, p, eps) * s ** (-1.0 / p)
+        assert _rel(root, expected) < 40 * (lam.max() / lam.min()) * np.finfo(np.float64).eps / p
+
+
 def test_rank_deficient_without_ridge_is_the_pseudo_inverse_root():
     rng = np.random.default_rng(4)
     b = rng.standard_normal((12, 4))

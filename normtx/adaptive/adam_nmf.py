@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import optax
 
 from normtx._numerics import compute_dtype, safe_div
-from normtx._pytree import check_state_shape, flatten_state_field
+from normtx._pytree import check_state_shape, describe_leaf, flatten_state_field
 from normtx._validation import (
     check_choice,
     check_int,
@@ -130,7 +130,8 @@ def scale_by_adam_nmf(
     options and the leaf policy. ``rank=1`` is Adafactor's factorisation.
 
     Args:
-      rank: ``r >= 1``, the rank of the factorisation.
+      rank: ``r >= 1``, the rank of the factorisation, at most ``min(m, n)`` of every matrix
+        (a nonnegative ``m × n`` matrix has nonnegative rank ``<= min(m, n)``: that rank is exact).
       key: the PRNG key that draws ``A_0, B_0 ~ Unif(0, ε)`` (each leaf folds in its index).
       eps: ``ε > 0``, the initialisation range (it fixes only the initial gauge).
       em_steps: EM rounds per step (``>= 1``; the notes use 1).
@@ -149,8 +150,9 @@ def scale_by_adam_nmf(
 
     Raises:
       ValueError: at construction for bad hyperparameters; at ``init`` for a vector leaf under
-        ``vectors='error'``, a leaf of rank > 2 without dimension numbers, or a non-float leaf,
-        naming the leaf's path, shape and dtype.
+        ``vectors='error'``, a leaf of rank > 2 without dimension numbers, a non-float leaf, or
+        a leaf whose matrices have a side shorter than ``rank``, naming the leaf's path, shape
+        and dtype.
 
     Example:
       One EM round fits a rank-1 ``G²`` exactly (``A B`` = row sums × column sums / total), so
@@ -198,13 +200,21 @@ def scale_by_adam_nmf(
         triples = _resolve(params)
         treedef = jax.tree.structure(params)
         a_leaves, b_leaves = [], []
-        for i, (_, leaf, dims) in enumerate(triples):
+        for i, (path, leaf, dims) in enumerate(triples):
             dt = compute_dtype(leaf.dtype)
             if dims is None:
                 a_leaves.append(jnp.zeros(jnp.shape(leaf), dt))
                 b_leaves.append(optax.MaskedNode())  # no array: orbax saves no empty ones
                 continue
             batch, m, n = matrix_shape(jnp.shape(leaf), dims)
+            if rank > min(m, n):
+                raise ValueError(
+                    f"{what}: rank={rank} is more than leaf {describe_leaf(path, leaf)} allows: "
+                    f"its matrices are {m} × {n}, whose G² has an exact nonnegative factorisation "
+                    f"of rank min(m, n) = {min(m, n)}; a larger rank only adds state. Pass "
+                    f"rank <= {min(m, n)}, or route this leaf to another transform with "
+                    "optax.partition."
+                )
             ka, kb = jax.random.split(jax.random.fold_in(key, i))
             # (0, ε]: 1 - Unif[0, 1) never hits 0, so every factor starts strictly positive.
             a_leaves.append(eps * (1 - jax.random.uniform(ka, (batch, m, rank), dt)))

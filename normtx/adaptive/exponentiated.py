@@ -81,7 +81,8 @@ def exponentiated_gradient(
 
     Raises:
       ValueError: at construction for a non-positive learning rate; at ``init`` for non-float
-        leaves or an ``axis`` out of range (naming the leaf); at ``update`` without ``params``.
+        leaves, an ``axis`` out of range or distributions with no entries (naming the leaf); at
+        ``update`` without ``params``.
 
     Example:
       >>> tx = normtx.adaptive.exponentiated_gradient(learning_rate=0.1)
@@ -108,6 +109,12 @@ def exponentiated_gradient(
             if axis is not None and not -ndim <= axis < ndim:
                 raise ValueError(
                     f"{what}: axis={axis} is out of range for leaf {describe_leaf(path, leaf)}."
+                )
+            if (jnp.size(leaf) if axis is None else jnp.shape(leaf)[axis]) == 0:
+                along = "" if axis is None else f" along axis={axis}"
+                raise ValueError(
+                    f"{what}: leaf {describe_leaf(path, leaf)} is empty{along}: a point of the "
+                    "simplex needs at least one entry."
                 )
 
     def init_fn(params):

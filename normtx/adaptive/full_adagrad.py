@@ -24,8 +24,15 @@ space, where ``g_t`` has no component. In float32 the eigenvectors leak about ``
 into that space, which the ridge amplifies by ``ridge^{-1/2}``: while ``O_t`` is rank-deficient the
 update is accurate to about ``eps₃₂ · ridge^{-1/2} ≈ 1e-4`` (float32 accuracy once it has full
 rank, or with ``ε`` large enough). The zero matrix's root is zero, so zero gradients give zero
-updates. A block whose ``g gᵀ`` is not finite (a NaN/Inf gradient, or an overflow) is skipped by
-``O_t``, which would otherwise keep it for ever; the update of that step still shows it.
+updates.
+
+**Non-finite steps.** A block whose ``O_t`` would not be finite — a NaN/Inf gradient, or a finite
+one whose ``g gᵀ`` (or its sum with ``O_{t-1}``) overflows: an entry above about ``1.8e19`` in
+float32 — is skipped by ``O_t``, which would otherwise keep it for ever, and that block's update
+is NaN. The exact ``O_t`` is out of range, so the step is reported, never replaced by a finite
+one: ``normtx.diagnostics(state, updates)['finite']`` is False, while the state stays finite and
+later steps are those of a run without that gradient. (``optax.apply_if_finite`` checks the
+incoming gradient: it skips NaN/Inf gradients, not a finite one whose statistics overflow.)
 """
 
 from __future__ import annotations
@@ -156,13 +163,16 @@ def scale_by_full_adagrad(
             # The whole flattened leaf is one vector: gathered first under explicit sharding.
             x = replicate_except(g).astype(o.dtype).reshape(-1)
             x = jnp.pad(x, (0, count * b - x.size)).reshape(count, b)
-            outer = x[:, :, None] * x[:, None, :]
-            # A non-finite block (a NaN/Inf gradient, or g gᵀ overflowing) would stay in O_t for
-            # ever: the sum skips it (the update of this step still shows it).
-            o = o + jnp.where(finite_matrices(outer), outer, 0)
+            # A block whose O_t would not be finite (a NaN/Inf gradient, g gᵀ or the sum
+            # overflowing) would stay in it for ever: O_t skips it, and the block's update is NaN
+            # (the step is reported, not replaced by a finite one).
+            new = o + x[:, :, None] * x[:, None, :]
+            ok = finite_matrices(new)
+            o = jnp.where(ok, new, o)
             damped = o + eps * jnp.eye(b, dtype=o.dtype)  # no Python branch: eps may be traced
             root = inverse_pth_root(damped, 2, method=inverse_root, ridge=ridge)
             u = jnp.einsum("kij,kj->ki", root, x, precision=jax.lax.Precision.HIGHEST)
+            u = jnp.where(ok[:, 0], u, jnp.nan)
             out.append(u.reshape(-1)[: g.size].reshape(g.shape).astype(g.dtype))
             stats.append(o)
         new_state = ScaleByFullAdagradState(

@@ -42,10 +42,17 @@ directions) gives a root that is ``(ridge·‖L‖)^{-1/p}`` on its null space; 
 gradient there, but a *stale* root applied to a later gradient does, and in float32 that null-space
 scale is only determined to about ``m·eps₃₂/ridge``. ``start_preconditioning_step`` (the graft's
 step until the statistics have filled in) and grafting are the usual remedies, or a larger ridge.
-``inverse_root`` may also be a callable ``(A, p) -> A^{-1/p}`` on a batch of blocks. A block whose
-``G Gᵀ`` or ``Gᵀ G`` is not finite (a NaN/Inf gradient, or an overflow) is skipped by ``L`` and
-``R``: kept, it would stay in the statistics for ever and freeze the roots, silently. The update of
-that step still shows it (``normtx.diagnostics``); the graft's moments, like Adam's, keep it.
+``inverse_root`` may also be a callable ``(A, p) -> A^{-1/p}`` on a batch of blocks.
+
+**Non-finite steps.** A block whose ``L`` or ``R`` would not be finite — a NaN/Inf gradient, or a
+finite one whose ``G Gᵀ``, ``Gᵀ G`` or their sum with the statistics overflows (in float32 from an
+entry of about ``1.8e19``, or a row of ``b`` entries of ``1.8e19 / √b``) — is skipped by ``L``
+and ``R``: kept, it would stay in them for ever and freeze the roots, silently. That block's
+update is NaN, also before ``start_preconditioning_step``: the exact statistics are out of range,
+so the step is reported, never replaced by a finite one (``normtx.diagnostics(state,
+updates)['finite']`` is False), and the next finite step uses statistics without it. The graft's
+moments, like Adam's, keep such a step. (``optax.apply_if_finite`` checks the incoming gradient:
+it skips NaN/Inf gradients, not a finite one whose statistics overflow.)
 
 **Leaves.** 2-D leaves are matrices; conv kernels and stacked layers need ``dimension_numbers``.
 Vectors (rank 0 or 1) are an error unless ``vectors='graft'``, which gives them the graft method's
@@ -346,23 +353,24 @@ def scale_by_shampoo(
             x = _to_blocks(as_matrices(g32, lay.dims)[0], lay)
             xxt = jnp.matmul(x, jnp.swapaxes(x, -1, -2), precision=_HI)
             xtx = jnp.matmul(jnp.swapaxes(x, -1, -2), x, precision=_HI)
-            # A non-finite block (a NaN/Inf gradient, or G Gᵀ overflowing) would stay in L and R
-            # for ever and freeze the roots (a non-finite root is never accepted): it is skipped.
-            ok = finite_matrices(xxt) & finite_matrices(xtx)
-            skip = (0.0, 0.0) if accumulator == "sum" else (l_old, r_old)  # β L + (1-β) L = L
-            xxt, xtx = jnp.where(ok, xxt, skip[0]), jnp.where(ok, xtx, skip[1])
             if accumulator == "sum":
                 lt, rt = l_old + xxt, r_old + xtx
-                lh, rh = lt, rt
             else:
                 lt = beta2 * l_old + (1 - beta2) * xxt
                 rt = beta2 * r_old + (1 - beta2) * xtx
+            # A block whose L or R would not be finite (a NaN/Inf gradient, G Gᵀ or the sum
+            # overflowing) would stay in them for ever and freeze the roots (a non-finite root is
+            # never accepted): the statistics skip it, and its update is NaN (below).
+            ok = finite_matrices(lt) & finite_matrices(rt)
+            lt, rt = jnp.where(ok, lt, l_old), jnp.where(ok, rt, r_old)
+            lh, rh = lt, rt
+            if accumulator == "ema":
                 corr = 1 - beta2**tf if bias_correction else 1.0  # beta2 = 0: 1 - 0**t = 1
                 lh, rh = lt / corr, rt / corr
             new_stats.append((lt.astype(l_old.dtype), rt.astype(r_old.dtype)))
             debiased.append((lh, rh))
             old_roots.append((pl, pr))
-            blocks.append(x)
+            blocks.append((x, _from_blocks(jnp.broadcast_to(~ok, x.shape), lay)))
 
         do_roots = (count >= start) & ((count - start) % every == 0)
         # Branches defined once per transform and operands passed explicitly: the cond is traced
@@ -370,11 +378,12 @@ def scale_by_shampoo(
         roots = lax.cond(do_roots, compute_roots, keep_roots, (debiased, old_roots))
 
         out, roots_iter, all_roots = [], iter(roots), []
-        for i, (g, lay, x, gd) in enumerate(zip(leaves, lays, blocks, grafted, strict=True)):
-            if x is None:
+        for i, (g, lay, xb, gd) in enumerate(zip(leaves, lays, blocks, grafted, strict=True)):
+            if xb is None:
                 out.append(gd.astype(g.dtype))
                 all_roots.append((old[2][i], old[3][i]))
                 continue
+            x, skipped = xb
             pl, pr = next(roots_iter)
             all_roots.append((pl, pr))
             d = jnp.matmul(jnp.matmul(pl, x, precision=_HI), pr, precision=_HI)
@@ -382,7 +391,8 @@ def scale_by_shampoo(
             gm, inverse = as_matrices(gd, lay.dims)
             if graft is not None:
                 d = d * safe_div(_frobenius(gm), _frobenius(d))
-            out.append(inverse(jnp.where(count >= start, d, gm)).astype(g.dtype))
+            step = jnp.where(skipped, jnp.nan, jnp.where(count >= start, d, gm))
+            out.append(inverse(step).astype(g.dtype))
 
         def tree(xs):
             return jax.tree.unflatten(treedef, xs)

@@ -230,8 +230,9 @@ def newton_schulz(
       steps: the number of iterations (each costs three matmuls, two for ``'cubic'``).
       coefficients: ``'polar_express'`` (default), ``'cubic'``, ``'muon'``, or an array of shape
         ``(k, 3)`` of per-step ``(a, b, c)``; steps past its end repeat its last row.
-      eps: added to the Frobenius norm of ``G / max|G|`` (which is ``>= 1`` unless ``G = 0``), so it
-        changes a nonzero input's scale by at most a factor ``1 + eps`` and never its direction.
+      eps: ``> 0``, added to the Frobenius norm of ``G / max|G|`` (which is ``>= 1`` unless
+        ``G = 0``), so it changes a nonzero input's scale by at most a factor ``1 + eps`` and never
+        its direction.
       compute_dtype: the dtype of the matmul inputs (e.g. ``jnp.bfloat16``); products accumulate
         in float32 or wider. Default: the work dtype (float32, or float64 for float64 input).
       normalization: ``'frobenius'`` (default): ``X₀ = G/‖G‖_F``. ``'schatten4'``: then also
@@ -250,9 +251,9 @@ def newton_schulz(
       ``X_steps`` of shape ``(..., m, n)`` in float32 (float64 for float64 input).
 
     Raises:
-      ValueError: for an input of rank < 2 or a non-float dtype, ``steps < 1``, an unknown
-        schedule or normalization, a badly shaped coefficient array, or ``gram=True`` with a
-        compute dtype narrower than float32.
+      ValueError: for an input of rank < 2 or a non-float dtype, ``eps`` not in ``(0, ∞)``,
+        ``steps < 1``, an unknown schedule or normalization, a badly shaped coefficient array, or
+        ``gram=True`` with a compute dtype narrower than float32.
 
     Example:
       >>> g = jax.random.normal(jax.random.key(0), (6, 4), jnp.float32)
@@ -273,6 +274,8 @@ def newton_schulz(
         raise ValueError(f"newton_schulz: expected matrices (..., m, n), got shape {g.shape}.")
     if not jnp.issubdtype(g.dtype, jnp.floating):
         raise ValueError(f"newton_schulz: expected a real floating array, got {g.dtype}.")
+    if not 0 < float(eps) < np.inf:  # NaN fails too; eps = 0 would make 0/0 of the zero matrix
+        raise ValueError(f"newton_schulz: eps must be a finite number > 0, got {eps!r}.")
     schedule = newton_schulz_schedule(coefficients, steps)
     work = _compute_dtype(g.dtype)
     mm_dtype = work if compute_dtype is None else jnp.dtype(compute_dtype)

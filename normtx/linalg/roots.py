@@ -71,7 +71,7 @@ class InversePthRootInfo(NamedTuple):
     iterations: jax.Array  # int32 scalar: Newton iterations run on the batch (0 for 'eigh')
 
 
-def _check_args(a, p, method, ridge, max_iters) -> int:
+def _check_args(a, p, method, ridge, max_iters, tol) -> int:
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
         raise ValueError(
             f"inverse_pth_root: expected square matrices of shape (..., n, n), got {a.shape}."
@@ -95,6 +95,8 @@ def _check_args(a, p, method, ridge, max_iters) -> int:
         raise ValueError(f"inverse_pth_root: ridge must be a finite number >= 0, got {ridge!r}.")
     if operator.index(max_iters) < 1:
         raise ValueError(f"inverse_pth_root: max_iters must be >= 1, got {max_iters!r}.")
+    if tol is not None and not 0 <= float(tol) < math.inf:  # NaN fails too
+        raise ValueError(f"inverse_pth_root: tol must be a finite number >= 0, got {tol!r}.")
     return p_int
 
 
@@ -160,11 +162,17 @@ def _newton(a: jax.Array, p: int, max_iters: int, tol: float):
 
 
 def _eigh_root(a: jax.Array, p: int, eps_ridge: jax.Array) -> jax.Array:
-    """``V diag((λ + ε)^{-1/p}) Vᵀ`` of ``a`` (no ridge in ``a``), negligible ``λ + ε`` -> 0."""
+    """``V diag((max(λ, 0) + ε)^{-1/p}) Vᵀ`` of ``a`` (PSD, no ridge in ``a``).
+
+    With ``ε > 0`` every eigenvalue is kept: the cutoff must not see the ridge, which is below
+    ``n · eps · max|λ|`` whenever ``ridge < n · eps`` (the default ``1e-6`` from ``n = 9`` in
+    float32). With ``ε = 0`` eigenvalues ``<= n · eps · max|λ|`` map to 0 (pseudo-inverse root).
+    """
     w, v = jnp.linalg.eigh(a, symmetrize_input=False)
-    w = w + eps_ridge[..., None]
     cut = a.shape[-1] * jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-    ok = w > cut
+    eps_ridge = eps_ridge[..., None]
+    ok = (w > cut) | (eps_ridge > 0)
+    w = jnp.maximum(w, 0.0) + eps_ridge  # negative eigenvalues of a PSD input are rounding
     inv_root = jnp.where(ok, jnp.where(ok, w, 1.0) ** (-1.0 / p), 0.0)
     return _matmul(v * inv_root[..., None, :], jnp.swapaxes(v, -1, -2))
 
@@ -202,7 +210,7 @@ def inverse_pth_root(
 
     Raises:
       ValueError: for non-square input, a ``p`` that is not a positive integer, an unknown method,
-        a negative ridge or ``max_iters < 1``.
+        a negative ridge, ``max_iters < 1``, or a negative or non-finite ``tol``.
 
     Example::
 
@@ -212,7 +220,7 @@ def inverse_pth_root(
       Higham (2008) eq. 7.21; Anil et al. (2020), Algorithm 2; anthology Appendix A.
     """
     a = jnp.asarray(a)
-    p = _check_args(a, p, method, ridge, max_iters)
+    p = _check_args(a, p, method, ridge, max_iters, tol)
     if tol is None:
         tol = 1000.0 * float(jnp.finfo(compute_dtype(a.dtype)).eps)
     root, info = _inverse_pth_root(a, ridge, p, method, int(max_iters), float(tol))

@@ -30,6 +30,8 @@ autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 add_module_names = True
+# Signatures longer than this get one parameter per line (jax's ArrayLike expands to a long union).
+python_maximum_signature_line_length = 90
 
 # ``make doctest`` / the test suite run the docstrings' examples; these imports are in scope.
 doctest_global_setup = """

@@ -277,8 +277,9 @@ def adamuon(
       eps: ``ε > 0`` added to ``√V``.
       rms: ``ρ > 0``, the RMS of each matrix's direction (the paper's 0.2).
       nesterov: Nesterov momentum (the official code's default).
-      ns_coefficients, ns_steps, weight_decay, adam_learning_rate, adam_b1, adam_b2, adam_eps,
-        adam_weight_decay, roles, head, labels, heads_as_batch, mesh: as in ``normuon``.
+      ns_coefficients, ns_steps, weight_decay: as in ``normuon``.
+      adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: as in ``normuon``.
+      roles, head, labels, heads_as_batch, mesh: as in ``normuon``.
 
     Returns:
       An ``optax.GradientTransformation``. State: Muon's momentum and AdamW's moments, plus one

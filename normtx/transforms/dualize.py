@@ -34,7 +34,7 @@ def dualize(norm: NormSpec | Modular, *, mesh: Mesh | None = None) -> optax.Grad
       norm: a ``normtx.norms.Norm`` for every leaf, a pytree prefix of the params with a Norm (or
         ``None``: leave the leaf unchanged) at each node, or a callable
         ``(path: str, leaf) -> Norm | None`` where ``path`` is the ``/``-joined key path, or a
-      ``normtx.norms.Modular`` (then each leaf's direction is ``dualize_l(g_l)/s_l``).
+        ``normtx.norms.Modular`` (then each leaf's direction is ``dualize_l(g_l)/s_l``).
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors of the spectral
         family (``norms.spectral``, ``norms.rms_to_rms``) are computed for all leaves together by
         the owner-device strategy over its devices (``normtx.sharding``).

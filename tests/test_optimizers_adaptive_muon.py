@@ -75,27 +75,17 @@ def _check_adamw(us, steps):
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_normuon_follows_algorithm_1_on_hidden_kernels_and_adamw_elsewhere(nesterov):
+@pytest.mark.parametrize(
+    ("make", "port"),
+    [(optimizers.normuon, ref.normuon), (optimizers.adamuon, ref.adamuon)],
+    ids=["normuon", "adamuon"],
+)
+def test_algorithm_1_on_hidden_kernels_and_adamw_elsewhere(make, port, nesterov):
     kw = dict(beta=0.9, beta2=0.8, eps=1e-6, rms=0.3, nesterov=nesterov)
-    tx = optimizers.normuon(LR, **kw, weight_decay=WD, adam_weight_decay=WD, roles=ROLES, **ADAM)
+    tx = make(LR, **kw, weight_decay=WD, adam_weight_decay=WD, roles=ROLES, **ADAM)
     us, ps = _run(tx, 6)
     grads = [_hidden(registry.grads(t)) for t in range(6)]
-    directions = ref.normuon(
-        grads, beta1=0.9, beta2=0.8, eps=1e-6, rms=0.3, nesterov=nesterov
-    )
-    _check_hidden(us, ps, directions, rtol=1e-6)
-    _check_adamw(us, 6)
-
-
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_adamuon_follows_algorithm_1_on_hidden_kernels_and_adamw_elsewhere(nesterov):
-    kw = dict(beta=0.9, beta2=0.8, eps=1e-6, rms=0.3, nesterov=nesterov)
-    tx = optimizers.adamuon(LR, **kw, weight_decay=WD, adam_weight_decay=WD, roles=ROLES, **ADAM)
-    us, ps = _run(tx, 6)
-    grads = [_hidden(registry.grads(t)) for t in range(6)]
-    directions = ref.adamuon(
-        grads, beta1=0.9, beta2=0.8, eps=1e-6, rms=0.3, nesterov=nesterov
-    )
+    directions = port(grads, beta1=0.9, beta2=0.8, eps=1e-6, rms=0.3, nesterov=nesterov)
     _check_hidden(us, ps, directions, rtol=1e-6)
     _check_adamw(us, 6)
 

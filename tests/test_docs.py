@@ -36,8 +36,6 @@ LITERAL_EXAMPLES = {
     "normtx.escape_velocity_lr",
     "normtx.modular_norm",
     "normtx.modular_norm_partition",
-    "normtx.adaptive.scale_by_shampoo",
-    "normtx.linalg.inverse_pth_root",
     "normtx.norms.Modular",
     "normtx.optimizers.modular_descent",
     "normtx.optimizers.muon",

@@ -203,14 +203,35 @@ def scale_by_shampoo(
         dtype) for a vector leaf under ``vectors='error'``, a leaf of rank > 2 without dimension
         numbers, or a non-float leaf.
 
-    Example::
+    Example:
+      The notes' eq. 40: at the first step ``L = G Gᵀ``, ``R = Gᵀ G`` and
+      ``L^{-1/4} G R^{-1/4} = U Vᵀ``, the polar factor of ``G``.
 
-      dims = lambda path, leaf: normtx.dims.CONV_HWIO if leaf.ndim == 4 else None
-      tx = optax.chain(
-          normtx.adaptive.scale_by_shampoo(accumulator="ema", beta2=0.99, graft="adam",
-                                           precondition_every=10, block_size=512,
-                                           dimension_numbers=dims, vectors="graft"),
-          optax.scale_by_learning_rate(1e-3))
+      >>> tx = normtx.adaptive.scale_by_shampoo()
+      >>> g = jax.random.normal(jax.random.key(0), (4, 3), jnp.float32)
+      >>> d, _ = jax.jit(tx.update)(g, tx.init(g))
+      >>> U, _, Vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+      >>> bool(np.allclose(np.asarray(d, np.float64), U @ Vt, atol=1e-4))
+      True
+
+      The practical setting, with conv kernels: each matrix's step gets the Frobenius norm of
+      Adam's, whose first step is ``g / |g|`` (norm ``√72`` for a ``3×3×2×4`` kernel); the bias
+      takes Adam's step itself.
+
+      >>> dims = lambda path, leaf: normtx.dims.CONV_HWIO if leaf.ndim == 4 else None
+      >>> tx = optax.chain(
+      ...     normtx.adaptive.scale_by_shampoo(accumulator="ema", beta2=0.99, graft="adam",
+      ...                                      precondition_every=10, block_size=512,
+      ...                                      dimension_numbers=dims, vectors="graft"),
+      ...     optax.scale_by_learning_rate(1e-3))
+      >>> params = {"conv": jnp.zeros((3, 3, 2, 4), jnp.float32), "bias": jnp.zeros(4, jnp.float32)}
+      >>> grads = {"conv": jax.random.normal(jax.random.key(1), (3, 3, 2, 4), jnp.float32),
+      ...          "bias": jnp.array([0.5, -1.0, 2.0, -3.0], jnp.float32)}
+      >>> u, _ = jax.jit(tx.update)(grads, tx.init(params))
+      >>> print(f"{float(jnp.linalg.norm(u['conv'])) / 1e-3:.3f} {np.sqrt(72):.3f}")
+      8.485 8.485
+      >>> print(np.round(np.asarray(u["bias"], np.float64) / 1e-3, 3))
+      [-1.  1. -1.  1.]
 
     References:
       Stratos, *Adaptive Learning Methods*, §6 (eq. 40–43), §6.1, Appendix G (eq. 67, 73), I.1

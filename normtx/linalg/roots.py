@@ -212,9 +212,14 @@ def inverse_pth_root(
       ValueError: for non-square input, a ``p`` that is not a positive integer, an unknown method,
         a negative ridge, ``max_iters < 1``, or a negative or non-finite ``tol``.
 
-    Example::
+    Example:
+      Shampoo's left preconditioner ``L^{-1/4}`` (``L = G Gᵀ``); for a diagonal matrix, the
+      entries' roots:
 
-      l_inv_4 = normtx.linalg.inverse_pth_root(g @ g.T, 4)   # Shampoo's left preconditioner
+      >>> a = jnp.array([[4.0, 0.0], [0.0, 16.0]], jnp.float32)
+      >>> print(np.round(normtx.linalg.inverse_pth_root(a, 4), 4))  # 4^{-1/4}, 16^{-1/4}
+      [[0.7071 0.    ]
+       [0.     0.5   ]]
 
     References:
       Higham (2008) eq. 7.21; Anil et al. (2020), Algorithm 2; anthology Appendix A.

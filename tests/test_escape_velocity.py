@@ -32,8 +32,13 @@ def oracle(
     direction=np.sign,
     dual=lambda g: np.abs(g).sum(),
     lr=lambda t: 1.0,
+    cast=lambda x: x,
 ):
-    """Runs ``w_{t+1} = w_t - lr_t η_t direction(g_t)`` and the step-size rule; returns (η_t), (w_t)."""
+    """Runs ``w_{t+1} = w_t - lr_t η_t direction(g_t)`` and the step-size rule; returns (η_t), (w_t).
+
+    ``cast`` rounds the step and the new weights as the library's dtype does (``w`` kept in
+    float16, say); everything else is float64.
+    """
     w0 = np.asarray(w0, np.float64)
     w, prev, eta = w0.copy(), w0.copy(), float(init_lr)
     r, s = 0.0, np.zeros_like(w0)
@@ -57,7 +62,7 @@ def oracle(
         if max_growth is not None:
             new = min(new, max_growth * eta)
         prev = w.copy()
-        w = w - lr(t) * eta * direction(g)  # eq. 29 for direction = sign
+        w = cast(w - cast(lr(t) * eta * direction(g)))  # eq. 29 for direction = sign
         eta = new
         etas.append(eta)
         ws.append(w.copy())
@@ -175,6 +180,32 @@ def test_variants_match_float64_oracle(variant, dtype, rtol):
     np.testing.assert_allclose(etas, want_etas, rtol=rtol)
     np.testing.assert_allclose(ws, want_ws, rtol=rtol, atol=rtol * 1e-2)
     assert etas[-1] > etas[0] or variant["anchor"] == "previous" or not variant["monotone"]
+
+
+def test_monotone_defaults_to_each_rules_own():
+    """Issue 15, item 5: ``monotone`` defaulted to True, so ``rule='cosine'`` never let η fall. The
+    default is now each rule as the anthology writes it: the cosine rule ``η_t (1 + cos θ_t)``
+    and eq. 28's ``max`` (the float64 oracle), here on a 12-d quadratic from η_0 = 1e-8."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 12)) / np.sqrt(12) + np.eye(12)
+    w_star = rng.standard_normal(12)
+    h = a.T @ a
+    loss = lambda w: 0.5 * (w - w_star) @ h @ (w - w_star)  # noqa: E731
+    grad = lambda w: h @ (np.asarray(w, np.float64) - w_star)  # noqa: E731
+    hj, wj = jnp.asarray(h), jnp.asarray(w_star)
+    for rule, monotone in (("prodigy", True), ("cosine", False)):
+        etas, ws, _ = run(
+            sign_descent(init_lr=1e-8, rule=rule), lambda w: hj @ (w - wj), jnp.zeros(12), 60
+        )
+        want_etas, want_ws = oracle(
+            grad, np.zeros(12), 60, init_lr=1e-8, rule=rule, monotone=monotone
+        )
+        np.testing.assert_allclose(etas, want_etas, rtol=1e-9)
+        np.testing.assert_allclose(ws, want_ws, rtol=1e-9, atol=1e-12)
+    # The cosine run: η fell where the gradient turned back, and the loss ends at 0.027 of its
+    # initial value (0.33 with monotone=True, the old default).
+    assert np.any(np.diff(etas) < 0)
+    assert loss(ws[-1]) < 0.05 * loss(ws[0])
 
 
 def test_schedule_composed_after_is_seen_through_the_weights():
@@ -393,6 +424,63 @@ def test_state_dtype_is_explicit():
     state = tx.init(params)
     u, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
     assert all(x.dtype == F32 for x in jax.tree.leaves(u))
+
+
+def _f16(x):
+    return np.asarray(np.asarray(x, np.float64).astype(np.float16), np.float64)
+
+
+def test_float16_params_keep_the_ema_sums_in_float32():
+    """float16 weights, Prodigy's EMAs (issue 15, item 3): ``s_t``'s terms ``(1-√β₂) η_t² g``
+    (≈ 5e-11 g at η_0 = 1e-4) are below float16's smallest number, so a float16 ``s_t`` was 0 and
+    η stayed at η_0 for ever. ``s_t`` is float32 for float16 leaves, and η follows the float64
+    oracle of eqs. 24-28 run on the same float16 weights and gradients."""
+    grad = lambda w: _f16(_grad(w))  # noqa: E731  (the gradient a float16 model gives)
+    tx = sign_descent(init_lr=1e-4, beta=(0.9, 0.99))
+    w = jnp.zeros(3, jnp.float16)
+    state = tx.init(w)
+    assert state[0].grad_sum.dtype == F32
+    assert state[0].anchor.dtype == jnp.float16
+    step = jax.jit(tx.update)
+    etas = [float(state[0].eta)]
+    for _ in range(30):
+        u, state = step(jnp.asarray(grad(np.asarray(w)), jnp.float16), state, w)
+        w = optax.apply_updates(w, u)
+        etas.append(float(state[0].eta))
+    want_etas, want_ws = oracle(grad, np.zeros(3), 30, init_lr=1e-4, beta=(0.9, 0.99), cast=_f16)
+    assert want_etas[-1] > 1e3 * want_etas[0]  # the rule escapes: η grows a thousandfold
+    np.testing.assert_allclose(etas, want_etas, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(w, np.float64), want_ws[-1])
+
+
+DONATED = {
+    "initial": lambda: sign_descent(init_lr=0.05),
+    "previous": lambda: sign_descent(init_lr=0.05, anchor="previous"),
+    "ema": lambda: sign_descent(init_lr=0.05, beta=(0.9, 0.99)),
+    "prodigy": lambda: normtx.optimizers.prodigy(),
+}
+
+
+@pytest.mark.parametrize("name", list(DONATED))
+def test_eager_init_then_a_step_donating_params_and_state(name):
+    """Issue 15, item 7: the anchor was ``jnp.asarray(params)``, the params' own buffer, so the
+    ``normtx.sharding`` recipe ``jax.jit(step, donate_argnums=(0, 1))`` after an eager ``init``
+    donated one buffer twice and failed. The anchor is a copy; two donated steps equal two plain
+    ones."""
+    tx = DONATED[name]()
+    grad = _jgrad(F32)
+
+    def step(w, state):
+        u, state = tx.update(grad(w), state, w)
+        return optax.apply_updates(w, u), state
+
+    w0 = jnp.asarray([0.5, -1.0, 2.0], F32)
+    want = step(*step(w0, tx.init(w0)))
+    w = jnp.asarray([0.5, -1.0, 2.0], F32)
+    state = tx.init(w)
+    donating = jax.jit(step, donate_argnums=(0, 1))
+    got = donating(*donating(w, state))
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,7 +111,8 @@ def test_matches_optax_contrib_prodigy_in_float32_through_the_warmup(setting):
 
 # ---- an independent float64 oracle of Prodigy (Algorithm 3 as coded by its authors) ------------
 def prodigy_oracle(grad, w0, steps, *, lr=1.0, b1=0.9, b2=0.999, eps=1e-8, d0=1e-6, d_coef=1.0,
-                   wd=0.0, safeguard=False, bias_correction=True):  # fmt: skip
+                   wd=0.0, safeguard=False, bias_correction=True, cast=lambda x: x):  # fmt: skip
+    """``cast`` rounds the step and the new weights as the weights' dtype does (float16, say)."""
     w0 = np.asarray(w0, np.float64)
     w, d, b3 = w0.copy(), d0, np.sqrt(b2)
     m, v, s, r = np.zeros_like(w0), np.zeros_like(w0), np.zeros_like(w0), 0.0
@@ -123,7 +127,7 @@ def prodigy_oracle(grad, w0, steps, *, lr=1.0, b1=0.9, b2=0.999, eps=1e-8, d0=1e
         s = b3 * s + (d / d0) * (d if safeguard else dlr) * g
         den = np.abs(s).sum()
         d_new = max(d, d_coef * r / den) if den > 0 else d
-        w = w - dlr * (m / (np.sqrt(v) + d_new * eps) + wd * w)  # ε scaled by the new d
+        w = cast(w - cast(dlr * (m / (np.sqrt(v) + d_new * eps) + wd * w)))  # ε scaled by new d
         d = d_new
         ds.append(d)
     return np.array(ds), w
@@ -229,6 +233,92 @@ def test_tiny_and_huge_gradients_never_nan(scale):
         np.isfinite(x).all() for x in jax.tree.leaves((p, ev.eta, ev.numerator, ev.denominator))
     )
     assert all(not np.isnan(x).any() for x in jax.tree.leaves(state))
+
+
+def _f16(x):
+    return np.asarray(np.asarray(x, np.float64).astype(np.float16), np.float64)
+
+
+def test_float16_params_keep_the_moments_and_sums_in_float32():
+    """float16 weights (issue 15, item 3): ``m_t`` (≈ 0.1 η g), ``v_t`` (≈ 1e-3 η² g²) and
+    ``s_t`` (η²-weighted) are below float16's smallest number at η_0 = 1e-6, so float16 buffers
+    held 0: the Adam step lost its averages (``m/√v`` of the last gradient alone) and η its sums.
+    They are float32 for float16 leaves (the anchor stays float16), and the run follows the float64
+    oracle on the same float16 weights and gradients."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((12, 12)) / np.sqrt(12)
+    w_star = rng.standard_normal(12)
+    grad = lambda w: _f16(a.T @ (a @ (np.asarray(w, np.float64) - w_star)))  # noqa: E731
+    tx = normtx.optimizers.prodigy()
+    w = jnp.zeros(12, jnp.float16)
+    state = tx.init(w)
+    moments = optax.tree_utils.tree_get(state, "direction")
+    assert moments.mu.dtype == moments.nu.dtype == state[0].grad_sum.dtype == F32
+    assert state[0].anchor.dtype == jnp.float16
+    step = jax.jit(tx.update)
+    etas = [float(state[0].eta)]
+    for _ in range(40):
+        u, state = step(jnp.asarray(grad(w), jnp.float16), state, w)
+        w = optax.apply_updates(w, u)
+        etas.append(float(state[0].eta))
+    want_ds, want_w = prodigy_oracle(grad, np.zeros(12), 40, cast=_f16)
+    assert want_ds[-1] > 1e4 * want_ds[0]  # the estimate escapes η_0
+    # A weight rounded the other way at a float16 tie (one ulp, 2^-11 relative) moves <g, w_0 - w>
+    # by that much: η agrees to 1e-3 and the weights to two ulps (2^-10 in [1, 2)). The float16
+    # buffers were off by 3.4x in η and 0.47 in the weights.
+    np.testing.assert_allclose(etas, want_ds, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(w, np.float64), want_w, rtol=0, atol=2e-3)
+
+
+def test_float16_state_dtype_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"prodigy: state_dtype=float16 cannot hold .*bfloat16"):
+        normtx.optimizers.prodigy(state_dtype=jnp.float16)
+
+
+class _Pair(NamedTuple):
+    w: jax.Array
+    b: jax.Array
+
+
+def _pair(seed):
+    rng = np.random.default_rng(seed)
+    return _Pair(jnp.asarray(rng.standard_normal((3, 2))), jnp.asarray(rng.standard_normal(2)))
+
+
+_MASK = _Pair(True, False)
+STRUCTURES = {  # (ours, optax's) around tuple and NamedTuple params, masked and partitioned
+    "tuple": (lambda tx: tx, lambda p: tuple(p)),
+    "named_tuple": (lambda tx: tx, lambda p: p),
+    "nested_tuples": (lambda tx: tx, lambda p: {"a": (p.w, (p.b,))}),
+    "masked": (lambda tx: optax.masked(tx, _MASK), lambda p: p),
+    "partition": (
+        lambda tx: optax.partition({"p": tx, "z": optax.set_to_zero()}, _Pair("p", "z")),
+        lambda p: p,
+    ),
+}
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+def test_tuple_params_and_masked_or_partitioned_match_optax(structure):
+    """Issue 15, item 6: the direction's per-leaf results were split with ``is_leaf=tuple``, which
+    took the params' own tuples and ``optax.MaskedNode`` (an empty tuple) for them: tuple params
+    crashed, and so did prodigy inside ``optax.masked``/``optax.partition``. Five float64 steps
+    equal ``optax.contrib.prodigy``'s under the same wrapper."""
+    wrap, shape = STRUCTURES[structure]
+    p0 = shape(_pair(0))
+    runs = []
+    for tx in (
+        wrap(normtx.optimizers.prodigy(estim_lr0=1e-2)),
+        wrap(optax.contrib.prodigy(estim_lr0=1e-2)),
+    ):
+        p, state = p0, tx.init(p0)
+        for t in range(5):
+            g = shape(_pair(10 + t))
+            u, state = jax.jit(tx.update)(g, state, p)
+            p = optax.apply_updates(p, u)
+        runs.append(p)
+    chex.assert_trees_all_close(runs[0], runs[1], rtol=1e-9, atol=1e-12)
+    assert _max_abs_diff(runs[0], p0) > 1e-3  # it moved
 
 
 def test_state_is_four_floats_per_param_like_optax():

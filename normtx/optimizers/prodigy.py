@@ -22,7 +22,7 @@ from normtx.transforms.escape_velocity import (
     _Direction,
     _escape_velocity,
     check_betas,
-    leaf_dtype,
+    sum_dtype,
 )
 
 __all__ = ["ProdigyMomentsState", "prodigy", "prodigy_step"]
@@ -88,7 +88,9 @@ def prodigy(
       safeguard_warmup: drop ``lr_t bc_t`` from the weight of ``s_t`` (helps under lr warm-up).
       bias_correction: apply ``bc_t`` (optax: always; PyTorch: off by default).
       max_growth: ``None`` or a cap ``> 1`` on ``η_{t+1}/η_t``.
-      state_dtype: dtype of ``w_0``, ``s_t``, ``m_t`` and ``v_t``; default each parameter's.
+      state_dtype: dtype of ``w_0``, ``s_t``, ``m_t`` and ``v_t``; default each parameter's,
+        except that ``s_t``, ``m_t``, ``v_t`` of a float16 parameter are float32: their terms
+        ``η_t g``, ``η_t² g²`` underflow float16 (``η_0² = 1e-12``). float16 itself is refused.
 
     Returns:
       An ``optax.GradientTransformation``: ``update`` needs ``params``.
@@ -178,7 +180,7 @@ def prodigy_step(
         return ratio * dlr, ratio * (eta if safeguard_warmup else dlr)
 
     def init(params):
-        zeros = lambda p: jnp.zeros(jnp.shape(p), leaf_dtype(p, state_dtype))  # noqa: E731
+        zeros = lambda p: jnp.zeros(jnp.shape(p), sum_dtype(p, state_dtype))  # noqa: E731
         return ProdigyMomentsState(mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
 
     def update(updates, state, params, step):
@@ -193,12 +195,16 @@ def prodigy_step(
             d = safe_div(m, jnp.sqrt(v) + step.next_eta * eps) + weight_decay * to_compute(p)
             return bc * d, m, v
 
-        out = jax.tree.map(leaf, updates, state.mu, state.nu, params)
-        is_out = lambda x: isinstance(x, tuple)  # noqa: E731
-        part = lambda i, like: jax.tree.map(  # noqa: E731
-            lambda o, x: o[i].astype(x.dtype), out, like, is_leaf=is_out
-        )
-        return part(0, updates), ProdigyMomentsState(mu=part(1, state.mu), nu=part(2, state.nu))
+        # Leaf by leaf over flat lists: the params' own tuples (and optax.MaskedNode, an empty
+        # tuple) are tree nodes, never confused with this function's (d, m, v) results.
+        flat_u, treedef = jax.tree_util.tree_flatten(updates)
+        fields = [treedef.flatten_up_to(t) for t in (state.mu, state.nu, params)]
+        out = [leaf(*xs) for xs in zip(flat_u, *fields, strict=True)]
+
+        def part(i, like):
+            return treedef.unflatten([o[i].astype(x.dtype) for o, x in zip(out, like, strict=True)])
+
+        return part(0, flat_u), ProdigyMomentsState(mu=part(1, fields[0]), nu=part(2, fields[1]))
 
     return _escape_velocity(
         _Direction(init, update),

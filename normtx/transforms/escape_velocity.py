@@ -86,7 +86,7 @@ def escape_velocity_lr(
     init_lr: ArrayLike = 1e-6,
     rule: Rule = "prodigy",
     anchor: Anchor = "initial",
-    monotone: bool = True,
+    monotone: bool | None = None,
     max_growth: ArrayLike | None = None,
     beta: tuple[float, float] | None = None,
     state_dtype: Any = None,
@@ -100,15 +100,19 @@ def escape_velocity_lr(
       over the leaves (``Σ_l N_l†(g_l)/s_l``, Prop. 3/7). With ``norm=norms.linf()`` and
       ``direction=normtx.dualize(norms.linf())`` this is exactly eqs. 28–29.
     - ``rule='cosine'``: ``η_{t+1} = η_t (1 + cos θ_t)``, θ_t the (Euclidean) angle between
-      ``g_t`` and ``a_t``: η doubles while the gradient still points along the path taken.
+      ``g_t`` and ``a_t``: η doubles while the gradient still points along the path taken, and
+      falls when it turns back (``cos θ_t < 0``).
 
     The anchor difference is ``a_t = w_0 - w_t`` (``anchor='initial'``) or the most recent step
     ``w_{t-1} - w_t`` (``anchor='previous'``, anthology after eq. 30; ``a_0 = 0``). The weights are
     the ``params`` passed to ``update``, so a schedule chained *after* this transform
     (``optax.scale_by_learning_rate(schedule)``) is seen by the rule through the weights it moves.
 
-    ``monotone=False`` lets η decrease: the prodigy rule takes the quotient itself and the cosine
-    rule the factor itself, both floored at ``init_lr``. ``max_growth`` caps ``η_{t+1}/η_t``.
+    ``monotone`` defaults to each rule as the anthology writes it: the prodigy rule never lets η
+    decrease (``max`` in eq. 28), the cosine rule does. ``monotone=False`` lets η decrease: the
+    prodigy rule takes the quotient itself and the cosine rule the factor itself, both floored at
+    ``init_lr``; ``monotone=True`` keeps η from decreasing under either rule (the cosine rule then
+    only grows η). ``max_growth`` caps ``η_{t+1}/η_t``.
     ``beta=(β₁, β₂)`` turns Prodigy's EMAs on (eqs. 24–26, rule ``'prodigy'`` only)::
 
         r_t = √β₂ r_{t-1} + (1-√β₂) η_t² <g_t, a_t>,   s_t = √β₂ s_{t-1} + (1-√β₂) η_t² g_t,
@@ -155,10 +159,13 @@ def escape_velocity_lr(
         ``optax.inject_hyperparams``.
       rule: ``'prodigy'`` (eq. 28) or ``'cosine'``.
       anchor: ``'initial'`` (``w_0``) or ``'previous'`` (``w_{t-1}``).
-      monotone: ``True``: η never decreases (Prodigy); ``False``: it may, down to ``init_lr``.
+      monotone: ``None`` (default): the rule's own — ``True`` for ``'prodigy'``, ``False`` for
+        ``'cosine'``; ``True``: η never decreases; ``False``: it may, down to ``init_lr``.
       max_growth: ``None`` or a cap ``> 1`` on ``η_{t+1}/η_t``.
       beta: ``None`` (no EMA, eq. 28) or ``(β₁, β₂)`` in ``[0, 1)`` (eqs. 24–26).
-      state_dtype: dtype of the anchor and ``s_t``; default: each parameter's own dtype.
+      state_dtype: dtype of the anchor and ``s_t``; default: each parameter's own dtype, except
+        that ``s_t`` of a float16 parameter is float32 (its η²-weighted terms underflow float16).
+        float16 itself is refused: bfloat16 has float32's range in the same 2 bytes.
 
     Returns:
       An ``optax.GradientTransformation`` returning the descent direction ``η_t · direction(g_t)``
@@ -166,9 +173,10 @@ def escape_velocity_lr(
       a schedule). ``update`` needs ``params``.
 
     Raises:
-      ValueError: for a bad rule, anchor, ``init_lr <= 0``, ``max_growth <= 1`` or betas outside
-        ``[0, 1)`` (at construction); for a norm tree that does not match the params (at
-        ``init``); for missing ``params`` or trees that do not match the state (at ``update``).
+      ValueError: for a bad rule, anchor, ``init_lr <= 0``, ``max_growth <= 1``, betas outside
+        ``[0, 1)`` or a float16 ``state_dtype`` (at construction); for a norm tree that does not
+        match the params (at ``init``); for missing ``params`` or trees that do not match the
+        state (at ``update``).
 
     Example::
 
@@ -188,6 +196,8 @@ def escape_velocity_lr(
             f"{what}: direction must be an optax.GradientTransformation (e.g. "
             f"normtx.dualize(norms.linf())), got {direction!r}."
         )
+    if monotone is None:
+        monotone = rule == "prodigy"  # each rule as written: eq. 28's max; η_t (1 + cos θ_t)
     beta3 = None
     if beta is not None:
         if rule != "prodigy":
@@ -256,15 +266,16 @@ def _escape_velocity(
     check_choice("anchor", anchor, ("initial", "previous"), what)
     check_positive("coef", coef, what)
     if not isinstance(monotone, bool):
-        raise ValueError(f"{what}: monotone must be True or False, got {monotone!r}.")
+        raise ValueError(
+            f"{what}: monotone must be True or False (or None: the rule's own), got {monotone!r}."
+        )
     if max_growth is not None:
         check_positive("max_growth", max_growth, what)
         if isinstance(max_growth, numbers.Real) and not max_growth > 1:
             raise ValueError(
                 f"{what}: max_growth must be > 1 (a cap on η_(t+1)/η_t), got {max_growth!r}."
             )
-    if state_dtype is not None and not jnp.issubdtype(jnp.dtype(state_dtype), jnp.floating):
-        raise ValueError(f"{what}: state_dtype must be a floating dtype, got {state_dtype!r}.")
+    check_state_dtype(state_dtype, what)
     mod = as_modular(norm)
 
     def init_fn(params):
@@ -279,15 +290,13 @@ def _escape_velocity(
         zero = jnp.zeros([], sdt)
         grad_sum = None
         if beta3 is not None:
-            grad_sum = jax.tree.map(
-                lambda p: jnp.zeros(p.shape, leaf_dtype(p, state_dtype)), params
-            )
+            grad_sum = jax.tree.map(lambda p: jnp.zeros(p.shape, sum_dtype(p, state_dtype)), params)
         return EscapeVelocityState(
             count=jnp.zeros([], jnp.int32),
             eta=jnp.asarray(init_lr, sdt),
             numerator=zero,
             denominator=zero,
-            anchor=jax.tree.map(lambda p: jnp.asarray(p, leaf_dtype(p, state_dtype)), params),
+            anchor=jax.tree.map(lambda p: _copy(p, state_dtype), params),
             grad_sum=grad_sum,
             direction=direction.init(params),
         )
@@ -369,7 +378,7 @@ def _escape_velocity(
         )
         new_anchor = state.anchor
         if anchor == "previous":
-            new_anchor = jax.tree.map(lambda p: jnp.asarray(p, leaf_dtype(p, state_dtype)), params)
+            new_anchor = jax.tree.map(lambda p: _copy(p, state_dtype), params)
         new_state = EscapeVelocityState(
             count=optax.safe_increment(count),
             eta=new_eta,
@@ -401,6 +410,42 @@ def leaf_dtype(p: Any, state_dtype: Any) -> jnp.dtype:
     if state_dtype is not None and jnp.issubdtype(dtype, jnp.floating):
         return jnp.dtype(state_dtype)
     return dtype
+
+
+def _narrow(dtype: jnp.dtype) -> bool:
+    """Whether a float dtype has a narrower exponent range than float32 (float16, float8)."""
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).maxexp < 128
+
+
+def sum_dtype(p: Any, state_dtype: Any) -> jnp.dtype:
+    """The dtype of a buffer that sums η-weighted gradients (``s_t``; Prodigy's ``m_t``, ``v_t``):
+    ``leaf_dtype``, with float32 for a float16 (or float8) leaf. Their terms ``η_t g``, ``η_t² g``,
+    ``η_t² g²`` start near ``1e-6 g`` and ``1e-12 g²`` (``η_0 = 1e-6``): below float16's smallest
+    number (6e-8), they would be stored as 0 and freeze η (or divide by a zero ``√v_t``)."""
+    dtype = leaf_dtype(p, state_dtype)
+    return jnp.dtype(jnp.float32) if _narrow(dtype) else dtype
+
+
+def check_state_dtype(state_dtype: Any, what: str) -> None:
+    """``None`` or a float dtype with float32's exponent range, else a ``ValueError``."""
+    if state_dtype is None:
+        return
+    if not jnp.issubdtype(jnp.dtype(state_dtype), jnp.floating):
+        raise ValueError(f"{what}: state_dtype must be a floating dtype, got {state_dtype!r}.")
+    if _narrow(jnp.dtype(state_dtype)):
+        raise ValueError(
+            f"{what}: state_dtype={jnp.dtype(state_dtype).name} cannot hold the step-size rule's "
+            "sums: their η-weighted terms (η_0² g² ≈ 1e-12 g² at η_0 = 1e-6) are below its "
+            "smallest number and would be stored as 0, freezing η. Use bfloat16 (float32's range "
+            "in 2 bytes), float32 or float64."
+        )
+
+
+def _copy(p: Any, state_dtype: Any) -> jax.Array:
+    """A copy of ``p`` in its state dtype, never the params' own buffer (``jnp.asarray`` may return
+    it): a step that donates both the params and the state (``jax.jit(step, donate_argnums=(0,
+    1))``) would otherwise donate one buffer twice."""
+    return jnp.array(p, leaf_dtype(p, state_dtype), copy=True)
 
 
 def _scalar_dtype(params) -> jnp.dtype:

@@ -14,6 +14,7 @@ import optax
 __all__ = [
     "check_bool",
     "check_choice",
+    "check_count",
     "check_int",
     "check_positive",
     "check_prng_key",
@@ -93,6 +94,29 @@ def check_int(name: str, value: Any, what: str, *, minimum: int, optional: bool 
             f"{what}: {name} must be an int >= {minimum}{' or None' if optional else ''}, "
             f"got {value!r}."
         )
+
+
+def check_count(name: str, value: Any, what: str, *, minimum: int) -> int | jax.Array:
+    """An integer read at run time (a loop length, a period): a Python int ``>= minimum``, or an
+    integer scalar array — ``optax.inject_hyperparams`` passes every number as one. A concrete
+    array is checked and returned as an int; a traced one (its value unknown) is returned as it
+    is. Anything else raises ``ValueError``."""
+    if isinstance(value, jax.core.Tracer):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+            raise ValueError(
+                f"{what}: {name} must be an integer scalar, got a traced array of shape "
+                f"{value.shape} and dtype {value.dtype}."
+            )
+        return value
+    if (
+        hasattr(value, "dtype")
+        and jnp.ndim(value) == 0
+        and jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        value = int(value)
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{what}: {name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
 
 
 def check_probability(name: str, value: Any, what: str, *, allow_one: bool = False) -> None:

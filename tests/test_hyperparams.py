@@ -90,9 +90,6 @@ STRUCTURAL = {
         "steps": "Newton-Schulz loop length",
         "coefficients": "the polynomial schedule, a float64 table unrolled into the iteration",
     },
-    "muon": {"ns_steps": "as steps above", "ns_coefficients": "as coefficients above"},
-    "normuon": {"ns_steps": "as steps above", "ns_coefficients": "as coefficients above"},
-    "adamuon": {"ns_steps": "as steps above", "ns_coefficients": "as coefficients above"},
     "orthogonalize_dion": {"rank_fraction": "the shape of the right factor Q"},
     "exponentiated_gradient": {"axis": "the reduction axis of each distribution"},
     "scale_by_adam_nmf": {"rank": "factor shapes", "em_steps": "EM loop length"},
@@ -103,15 +100,11 @@ STRUCTURAL = {
         "precondition_every": "root schedule, validated as a Python int at construction",
         "start_preconditioning_step": "as precondition_every",
     },
-    "scale_by_soap": {
-        "precondition_frequency": "refresh schedule, validated as a Python int at construction",
-        "max_precond_dim": "which sides have a statistic: state shapes",
-    },
-    "soap": {
-        "precondition_frequency": "as in scale_by_soap",
-        "max_precond_dim": "as in scale_by_soap",
-    },
 }
+# (The optimizers' step counts are not structural: muon's, normuon's and adamuon's ns_steps and
+# ns_coefficients are read at run time when injected (a lax.fori_loop), SOAP's
+# precondition_frequency too, and its max_precond_dim only at init (below), so that
+# optax.inject_hyperparams(f)(learning_rate=...) needs no static_args, as for optax's optimizers.)
 
 # Hyperparameters that only ``init`` reads (initial values of the state): changing them in
 # ``state.hyperparams`` later changes nothing; their injected value is checked at ``init``.
@@ -120,6 +113,8 @@ INIT_ONLY = {
     ("scale_by_adam_nmf", "eps"): "range of the initial factors",
     ("scale_by_adam_nmf", "key"): "draws the initial factors",
     ("orthogonalize_dion", "key"): "draws the initial right factor Q_0",
+    ("scale_by_soap", "max_precond_dim"): "which sides have a statistic: the state's shapes",
+    ("soap", "max_precond_dim"): "as in scale_by_soap",
 }
 
 _MUON_NS = np.array([[3.4445, -4.7750, 2.0315]] * 5)
@@ -173,7 +168,9 @@ BASE = {
         adam_b1=0.8,
         adam_b2=0.9,
         adam_eps=1e-3,
+        adam_eps_root=1e-3,
         adam_weight_decay=0.1,
+        consistent_rms=0.3,
     ),
     "normuon": dict(
         learning_rate=0.1,
@@ -262,6 +259,9 @@ SECOND = {
     ("prodigy", "max_growth"): 1.01,
     ("scale_by_adam_nmf", "key"): jax.random.key(1),
     ("orthogonalize_dion", "key"): jax.random.key(1),
+    **{(name, "ns_steps"): 3 for name in ("muon", "normuon", "adamuon")},  # counts stay ints
+    **{(name, "precondition_frequency"): 2 for name in ("scale_by_soap", "soap")},
+    **{(name, "max_precond_dim"): 3 for name in ("scale_by_soap", "soap")},
 }
 
 # Closed forms in the changed value v (from v1 to v2) of the next update u. (Prodigy's update is not
@@ -334,8 +334,12 @@ def _close(a, b):
 
 
 def _differs(a, b) -> bool:
+    if jax.tree.structure(a) != jax.tree.structure(b):  # e.g. SOAP's sides with a statistic
+        return True
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return any(not np.allclose(x, y, rtol=1e-8, atol=1e-12) for x, y in pairs)
+    return any(
+        np.shape(x) != np.shape(y) or not np.allclose(x, y, rtol=1e-8, atol=1e-12) for x, y in pairs
+    )
 
 
 # Factories whose updates are final (added to the params); the others return a direction to be
@@ -430,3 +434,28 @@ def test_structural_arguments_given_as_arrays_say_static_args(name, h):
 
     with pytest.raises(ValueError, match=rf"{h} is structural.*static_args=\('{h}',\)"):
         init_and_trace()
+
+
+_OPTIMIZERS = [name for name in optimizers.__all__ if name in FACTORIES]
+
+
+@pytest.mark.parametrize("name", _OPTIMIZERS)
+def test_optimizers_inject_without_static_args(name):
+    """``optax.inject_hyperparams(f)(learning_rate=...)`` with every other argument at its default
+    works as for optax's own optimizers — no ``static_args`` — and its compiled updates are the
+    plain optimizer's. (The states may differ in structure: a hyperparameter known to be 0, such
+    as the default weight decay, builds no transform; injected, it is an array.)"""
+    factory, params = FACTORIES[name], _params(name)
+    required = {
+        p.name: BASE[name][p.name]
+        for p in inspect.signature(factory).parameters.values()
+        if p.default is inspect.Parameter.empty
+    }
+    injected = optax.inject_hyperparams(factory)(**required)
+    plain = factory(**required)
+    update = jax.jit(injected.update)
+    s_inj, s_ref, p_inj, p_ref = injected.init(params), plain.init(params), params, params
+    for step in range(2):
+        p_inj, u_inj, s_inj = _step(name, injected, s_inj, p_inj, step, update)
+        p_ref, u_ref, s_ref = _step(name, plain, s_ref, p_ref, step)
+        _close(u_inj, u_ref)

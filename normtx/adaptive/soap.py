@@ -79,7 +79,7 @@ from jax.typing import ArrayLike
 
 from normtx._numerics import compute_dtype, div_by_max, finite_matrices, safe_div
 from normtx._pytree import check_state_shape, flatten_state_field, flatten_with_paths
-from normtx._validation import check_int, check_positive, check_probability
+from normtx._validation import check_count, check_positive, check_probability
 from normtx.adaptive._leaves import eye_batch, field_trees, matrix_shape, resolve_matrix_leaves
 from normtx.dims import DimensionNumbers, DimsSpec, as_matrices
 
@@ -204,8 +204,10 @@ def scale_by_soap(
       shampoo_beta: the decay of ``L`` and ``R``, ``0 <= shampoo_beta < 1``; ``None`` for ``b2``
         (the reference code's default).
       eps: ``ε >= 0`` added to ``√v̂`` (as ``optax.scale_by_adam``).
-      precondition_frequency: refresh the bases every this many Adam steps (``>= 1``).
-      max_precond_dim: a side larger than this has no statistic (identity basis) (``>= 0``).
+      precondition_frequency: refresh the bases every this many Adam steps (``>= 1``); read at
+        run time (``optax.inject_hyperparams`` may change it).
+      max_precond_dim: a side larger than this has no statistic (identity basis) (``>= 0``); it
+        fixes the state's shapes, so only ``init`` reads it.
       dimension_numbers: ``DimensionNumbers`` for leaves of rank > 2 (one value, a pytree prefix
         of the params, or ``(path, leaf) -> DimensionNumbers | None``).
 
@@ -247,27 +249,38 @@ def scale_by_soap(
     if shampoo_beta is not None:
         check_probability("shampoo_beta", shampoo_beta, what)
     check_positive("eps", eps, what, allow_zero=True)
-    check_int("precondition_frequency", precondition_frequency, what, minimum=1)
-    check_int("max_precond_dim", max_precond_dim, what, minimum=0)
+    # Both may be arrays traced by optax.inject_hyperparams: the period is read at run time; the
+    # sides that have a statistic are fixed at init (state shapes) and read off the state later.
+    every = check_count("precondition_frequency", precondition_frequency, what, minimum=1)
+    check_count("max_precond_dim", max_precond_dim, what, minimum=0)
     beta_s = b2 if shampoo_beta is None else shampoo_beta
-    every = precondition_frequency
 
-    def _layouts(tree) -> list[_Layout]:
+    def _layouts(tree, sides) -> list[_Layout]:
+        """Each leaf's layout; ``sides(m, n, i)`` says which sides of leaf ``i`` have statistics."""
         out = []
-        for _, leaf, dims in resolve_matrix_leaves(
-            tree, dimension_numbers, what=what, vectors_ok=True, vector_hint=""
+        for i, (_, leaf, dims) in enumerate(
+            resolve_matrix_leaves(
+                tree, dimension_numbers, what=what, vectors_ok=True, vector_hint=""
+            )
         ):
             if dims is None:
                 out.append(_Layout(None, 0, 0, 0, False, False))
                 continue
             batch, m, n = matrix_shape(jnp.shape(leaf), dims)
-            left, right = m <= max_precond_dim, n <= max_precond_dim
+            left, right = sides(m, n, i)
             out.append(_Layout(dims if left or right else None, batch, m, n, left, right))
         return out
 
     def init_fn(params):
+        if isinstance(max_precond_dim, jax.core.Tracer):
+            raise ValueError(
+                f"{what}: max_precond_dim decides the shapes of the state, so init needs its "
+                "value: call init outside jax.jit, or list it in inject_hyperparams' static_args."
+            )
+        dim = int(max_precond_dim)
         rows = []
-        for lay, leaf in zip(_layouts(params), jax.tree.leaves(params), strict=True):
+        lays = _layouts(params, lambda m, n, i: (m <= dim, n <= dim))
+        for lay, leaf in zip(lays, jax.tree.leaves(params), strict=True):
             dt = compute_dtype(leaf.dtype)
             eyes = [
                 eye_batch(lay.batch, k, dt) if on else optax.MaskedNode()
@@ -281,7 +294,6 @@ def scale_by_soap(
 
     def update_fn(updates, state, params=None):
         del params
-        lays = _layouts(updates)
         count = optax.safe_increment(state.count)
         first = count == 1
         step = jnp.maximum(count - 1, 1)  # Adam's t; the first update (t = 0) takes no step
@@ -293,6 +305,8 @@ def scale_by_soap(
             flatten_state_field(updates, getattr(state, name), what=what, name=name)
             for name in names
         ]
+        has = lambda s: not isinstance(s, optax.MaskedNode)  # noqa: E731
+        lays = _layouts(updates, lambda m, n, i: (has(old[2][i]), has(old[3][i])))
         out, mus, nus, lefts, rights, operands, rotated = [], [], [], [], [], [], []
         for i, (g, lay) in enumerate(zip(leaves, lays, strict=True)):
             mu, nu, l_old, r_old, ql, qr = (f[i] for f in old)

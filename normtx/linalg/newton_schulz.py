@@ -59,7 +59,13 @@ from jax.typing import ArrayLike, DTypeLike
 
 from normtx._numerics import compute_dtype as _compute_dtype
 from normtx._numerics import div_by_max, safe_div
-from normtx.linalg.ns_coefficients import NS_SCHEDULES, NsSchedule, newton_schulz_schedule
+from normtx._validation import check_count
+from normtx.linalg.ns_coefficients import (
+    NS_SCHEDULES,
+    NsSchedule,
+    newton_schulz_schedule,
+    traced_schedule,
+)
 
 __all__ = [
     "NORMALIZATIONS",
@@ -135,32 +141,55 @@ def _iterate(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: str) -
     cubic = bool(np.all(schedule[:, 2] == 0))
     work = x.dtype
 
-    def gram_of(x):
-        return _sym_gram(x, mm_dtype).astype(work)
-
-    def apply(x, gram, abc):
-        a, b, c = abc[0].astype(work), abc[1].astype(work), abc[2].astype(work)
-        poly = b * gram  # + c A², with A² = A Aᵀ for the symmetric A
-        if not cubic:
-            poly = poly + c * _sym_gram(gram, mm_dtype).astype(work)
-        return a * x + _dot(poly.astype(mm_dtype), x.astype(mm_dtype)).astype(work)
+    def apply(x, abc):
+        return _step(x, _sym_gram(x, mm_dtype).astype(work), abc, mm_dtype, cubic)
 
     coeffs = jnp.asarray(schedule, work)
-    gram = gram_of(x)
+    x = _first_step(x, coeffs[0], mm_dtype, normalization, cubic)
+    rest = schedule.shape[0] - 1
+    if rest:
+        x, _ = lax.scan(
+            lambda x, abc: (apply(x, abc), None), x, coeffs[1:], unroll=rest if rest <= 16 else 1
+        )
+    return x
+
+
+def _step(x: jax.Array, gram: jax.Array, abc: jax.Array, mm_dtype, cubic: bool) -> jax.Array:
+    """``a X + (b A + c A²) X`` for ``A = X Xᵀ`` given as ``gram`` (``c A²`` left out if cubic)."""
+    work = x.dtype
+    a, b, c = abc[0].astype(work), abc[1].astype(work), abc[2].astype(work)
+    poly = b * gram  # + c A², with A² = A Aᵀ for the symmetric A
+    if not cubic:
+        poly = poly + c * _sym_gram(gram, mm_dtype).astype(work)
+    return a * x + _dot(poly.astype(mm_dtype), x.astype(mm_dtype)).astype(work)
+
+
+def _first_step(x: jax.Array, abc: jax.Array, mm_dtype, normalization: str, cubic: bool):
+    """The first step, whose Gram matrix ``A₀`` also gives the Schatten-4 rescaling."""
+    gram = _sym_gram(x, mm_dtype).astype(x.dtype)
     if normalization == "schatten4":
         s4 = jnp.sqrt(jnp.sqrt(jnp.sum(jnp.square(gram), axis=(-2, -1), keepdims=True)))
         inv = safe_div(jnp.ones_like(s4), s4)
         x, gram = x * inv, gram * jnp.square(inv)
-    x = apply(x, gram, coeffs[0])
-    rest = schedule.shape[0] - 1
-    if rest:
-        x, _ = lax.scan(
-            lambda x, abc: (apply(x, gram_of(x), abc), None),
-            x,
-            coeffs[1:],
-            unroll=rest if rest <= 16 else 1,
-        )
-    return x
+    return _step(x, gram, abc, mm_dtype, cubic)
+
+
+def _iterate_traced(
+    x: jax.Array, table: jax.Array, steps: jax.Array, mm_dtype, normalization: str
+) -> jax.Array:
+    """``_iterate`` for a step count known only at run time: the first step, then a
+    ``lax.fori_loop`` whose step ``i`` applies row ``min(i, k - 1)`` of ``table`` (every step
+    quintic: the rows may be traced too). At least one step is taken."""
+    work = x.dtype
+    table = table.astype(work)
+    last = table.shape[0] - 1
+    x = _first_step(x, table[0], mm_dtype, normalization, cubic=False)
+
+    def body(i, x):
+        abc = table[jnp.minimum(i, last)]
+        return _step(x, _sym_gram(x, mm_dtype).astype(work), abc, mm_dtype, cubic=False)
+
+    return lax.fori_loop(1, steps, body, x)
 
 
 # On CPU, batches of matrices with at least this many entries run as a loop of 2-D iterations
@@ -227,9 +256,12 @@ def newton_schulz(
 
     Args:
       g: matrices of shape ``(..., m, n)``; leading axes are a batch.
-      steps: the number of iterations (each costs three matmuls, two for ``'cubic'``).
+      steps: the number of iterations (each costs three matmuls, two for ``'cubic'``): an int,
+        or an integer scalar array known only at run time (``optax.inject_hyperparams`` traces
+        it) — then the iteration is a ``lax.fori_loop`` and every step a quintic.
       coefficients: ``'polar_express'`` (default), ``'cubic'``, ``'muon'``, or an array of shape
-        ``(k, 3)`` of per-step ``(a, b, c)``; steps past its end repeat its last row.
+        ``(k, 3)`` of per-step ``(a, b, c)``; steps past its end repeat its last row. The array
+        may be traced (its rows are then read at run time, as for a traced ``steps``).
       eps: ``> 0``, added to the Frobenius norm of ``G / max|G|`` (which is ``>= 1`` unless
         ``G = 0``), so it changes a nonzero input's scale by at most a factor ``1 + eps`` and never
         its direction.
@@ -276,7 +308,9 @@ def newton_schulz(
         raise ValueError(f"newton_schulz: expected a real floating array, got {g.dtype}.")
     if not 0 < float(eps) < np.inf:  # NaN fails too; eps = 0 would make 0/0 of the zero matrix
         raise ValueError(f"newton_schulz: eps must be a finite number > 0, got {eps!r}.")
-    schedule = newton_schulz_schedule(coefficients, steps)
+    steps = check_count("steps", steps, "newton_schulz", minimum=1)
+    traced = isinstance(steps, jax.core.Tracer) or isinstance(coefficients, jax.core.Tracer)
+    schedule = None if traced else newton_schulz_schedule(coefficients, steps)
     work = _compute_dtype(g.dtype)
     mm_dtype = work if compute_dtype is None else jnp.dtype(compute_dtype)
     if not jnp.issubdtype(mm_dtype, jnp.floating):
@@ -292,6 +326,17 @@ def newton_schulz(
             "wider: in low precision its Q factors lose definiteness and blow up (Amsel et al., "
             "App. F); use gram=False or None with a bfloat16 compute_dtype."
         )
+    if traced:
+        if gram:
+            raise ValueError(
+                "newton_schulz: the Gram-space iteration (gram=True) restarts every 3 steps, "
+                "which needs steps and coefficients known at trace time (a Python int, a "
+                "concrete array); use gram=None or False with a traced steps or coefficients."
+            )
+        table = traced_schedule(coefficients)
+        return _newton_schulz_traced(
+            g, table, jnp.asarray(steps), float(eps), mm_dtype, normalization
+        )
     if gram is None:
         m, n = sorted(g.shape[-2:])
         direct, gram_cost = _costs(steps, n / m, not bool(np.all(schedule[:, 2] == 0)))
@@ -306,6 +351,24 @@ def _newton_schulz(
     g, schedule_bytes: bytes, steps: int, eps: float, mm_dtype, normalization: str, gram: bool
 ) -> jax.Array:
     schedule = np.frombuffer(schedule_bytes, np.float64).reshape(steps, 3)
+    iterate = _iterate_gram if gram else _iterate
+    return _short_side_first(
+        g, lambda x: iterate(_normalised(x, eps), schedule, mm_dtype, normalization)
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _newton_schulz_traced(
+    g, table: jax.Array, steps: jax.Array, eps: float, mm_dtype, normalization: str
+) -> jax.Array:
+    return _short_side_first(
+        g, lambda x: _iterate_traced(_normalised(x, eps), table, steps, mm_dtype, normalization)
+    )
+
+
+def _short_side_first(g: jax.Array, one) -> jax.Array:
+    """``one`` (the iteration of one normalised matrix or batch) on ``g`` in the work dtype, each
+    matrix laid out short side first; the result in ``g``'s layout."""
     x = g.astype(_compute_dtype(g.dtype))
     tall = x.shape[-2] > x.shape[-1]
     if tall:
@@ -313,11 +376,6 @@ def _newton_schulz(
     # Materialise the short-side-first layout: XLA:CPU would otherwise fold the transpose into a
     # dot whose bfloat16 x bfloat16 -> float32 form its fallback kernel does not implement.
     x = lax.optimization_barrier(x)
-    iterate = _iterate_gram if gram else _iterate
-
-    def one(x):
-        return iterate(_normalised(x, eps), schedule, mm_dtype, normalization)
-
     if (
         x.ndim > 2
         and x.shape[-2] * x.shape[-1] >= _LOOP_MIN_SIZE

@@ -24,6 +24,7 @@ import math
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -143,34 +144,52 @@ def newton_schulz_schedule(coefficients: NsSchedule | ArrayLike, steps: int) -> 
             f"newton_schulz: steps must be a positive Python integer, got {steps!r} (it sets the "
             "loop length: under optax.inject_hyperparams list it in static_args)."
         )
+    table = _table(coefficients)
+    if steps <= table.shape[0]:
+        return table[:steps].copy()
+    return np.concatenate([table, np.repeat(table[-1:], steps - table.shape[0], axis=0)])
+
+
+def _table(coefficients: NsSchedule | ArrayLike) -> np.ndarray:
+    """The ``(k, 3)`` float64 rows of a named schedule or of a concrete array, validated."""
     if isinstance(coefficients, str):
         if coefficients not in NS_SCHEDULES:
             raise ValueError(
                 f"newton_schulz: unknown coefficients {coefficients!r}; expected one of "
                 f"{NS_SCHEDULES} or an array of shape (k, 3)."
             )
-        table = (
+        return (
             polar_express_coefficients()
             if coefficients == "polar_express"
             else _FIXED[coefficients]
         )
-    else:
-        try:
-            table = np.asarray(coefficients, np.float64)
-        except (TypeError, jax.errors.TracerArrayConversionError) as e:
-            raise ValueError(
-                "newton_schulz: coefficients must be a schedule name or a concrete array of shape "
-                f"(k, 3) (not a traced value), got {coefficients!r}. Under "
-                "optax.inject_hyperparams list it in static_args."
-            ) from e
-        if table.ndim == 1 and table.shape == (3,):
-            table = table[None]
-        if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 1:
-            raise ValueError(
-                f"newton_schulz: coefficients must have shape (k, 3), got {table.shape}."
-            )
-        if not np.all(np.isfinite(table)):
-            raise ValueError("newton_schulz: coefficients must be finite.")
-    if steps <= table.shape[0]:
-        return table[:steps].copy()
-    return np.concatenate([table, np.repeat(table[-1:], steps - table.shape[0], axis=0)])
+    try:
+        table = np.asarray(coefficients, np.float64)
+    except (TypeError, jax.errors.TracerArrayConversionError) as e:
+        raise ValueError(
+            "newton_schulz: coefficients must be a schedule name or a concrete array of shape "
+            f"(k, 3) (not a traced value), got {coefficients!r}. Under "
+            "optax.inject_hyperparams list it in static_args."
+        ) from e
+    table = _check_shape(table)
+    if not np.all(np.isfinite(table)):
+        raise ValueError("newton_schulz: coefficients must be finite.")
+    return table
+
+
+def _check_shape(table):
+    """A ``(3,)`` row as ``(1, 3)``; anything but ``(k, 3)`` with ``k >= 1`` is a ``ValueError``."""
+    if table.ndim == 1 and table.shape == (3,):
+        table = table[None]
+    if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 1:
+        raise ValueError(f"newton_schulz: coefficients must have shape (k, 3), got {table.shape}.")
+    return table
+
+
+def traced_schedule(coefficients: NsSchedule | ArrayLike) -> jax.Array:
+    """The ``(k, 3)`` rows of a schedule as an array, for a step count known only at run time
+    (a traced ``steps``): step ``i`` applies row ``min(i, k - 1)``. ``coefficients`` may itself be
+    traced (``optax.inject_hyperparams``); its shape is checked, its values cannot be."""
+    if isinstance(coefficients, jax.core.Tracer):
+        return _check_shape(coefficients)
+    return jnp.asarray(_table(coefficients))

@@ -187,8 +187,8 @@ def normuon(
       nesterov: Nesterov momentum (off in the paper's Algorithm 1, on in its code).
       ns_coefficients: ``'muon'`` (default, the paper's NS5), ``'polar_express'``, ``'cubic'``
         or an array ``(k, 3)``.
-      ns_steps: Newton–Schulz steps (under ``optax.inject_hyperparams`` list it in
-        ``static_args``).
+      ns_steps: Newton–Schulz steps; under ``optax.inject_hyperparams`` it and
+        ``ns_coefficients`` are read at run time, as in ``muon``.
       weight_decay: ``λ >= 0``, decoupled weight decay of the orthogonalized leaves.
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's
         hyperparameters for the other leaves (``adam_learning_rate`` defaults to

@@ -12,22 +12,42 @@ import functools
 import math
 from typing import Any, ClassVar, Literal
 
+import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
+from normtx._numerics import to_compute
 from normtx._validation import (
+    check_bool,
     check_choice,
-    check_int,
+    check_count,
     check_positive,
     check_probability,
-    check_static,
 )
-from normtx.geometry import POLAR_ROLES, ROLE_NAMES, Geometry, HeadSpec, LabelSpec, RoleModular
-from normtx.linalg import newton_schulz
+from normtx.geometry import (
+    FROZEN,
+    POLAR_ROLES,
+    ROLE_NAMES,
+    Geometry,
+    HeadSpec,
+    LabelSpec,
+    RoleModular,
+)
+from normtx.linalg import NORMALIZATIONS, newton_schulz
+from normtx.linalg.newton_schulz import Normalization
 from normtx.linalg.ns_coefficients import NsSchedule, newton_schulz_schedule
 from normtx.norms import Norm, Schatten, rms_to_rms, spectral
-from normtx.optimizers._chains import add_weight_decay, check_common, ema_momentum, role_mask
+from normtx.optimizers._chains import (
+    add_weight_decay,
+    check_common,
+    check_mu_dtype,
+    ema_momentum,
+    role_mask,
+    skip_frozen,
+    zero_frozen,
+)
 from normtx.transforms.modular import modular_step
 
 __all__ = ["POLAR_ROLES", "muon"]
@@ -46,7 +66,24 @@ class _MuonSpectral(Schatten):
         return 1.0 / math.sqrt(max(1.0, d_out / d_in))
 
 
-_MUON_NORMS = {"spectral": spectral, "rms_to_rms": rms_to_rms, "muon": _MuonSpectral}
+@dataclasses.dataclass(frozen=True)
+class _ConsistentRms(Schatten):
+    """``σ_max / √max(d_in, d_out)``: its dualization is ``√max(d_in, d_out) U Vᵀ`` (Moonlight's
+    RMS matching before its factor ρ)."""
+
+    p: float = dataclasses.field(default=math.inf, init=False)
+    name: ClassVar[str] = "consistent_rms_spectral"
+
+    def _factor(self, d_in, d_out):
+        return 1.0 / math.sqrt(max(d_in, d_out))
+
+
+_MUON_NORMS = {
+    "spectral": spectral,
+    "rms_to_rms": rms_to_rms,
+    "muon": _MuonSpectral,
+    "consistent_rms": _ConsistentRms,
+}
 
 
 def muon(
@@ -54,15 +91,23 @@ def muon(
     *,
     beta: ArrayLike = 0.95,
     nesterov: bool = True,
+    bias_correction: bool = False,
     ns_coefficients: NsSchedule | ArrayLike = "muon",
-    ns_steps: int = 5,
+    ns_steps: int | ArrayLike = 5,
+    normalization: Normalization = "frobenius",
     scale: MuonScaling = "muon",
+    consistent_rms: ArrayLike | None = None,
+    adaptive: bool = False,
     weight_decay: ArrayLike = 0.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
     others: Literal["adamw", "modular"] = "adamw",
     adam_learning_rate: ArrayLike | optax.Schedule | None = None,
     adam_b1: ArrayLike = 0.9,
     adam_b2: ArrayLike = 0.999,
     adam_eps: ArrayLike = 1e-8,
+    adam_eps_root: ArrayLike = 0.0,
+    adam_nesterov: bool = False,
     adam_weight_decay: ArrayLike = 0.0,
     roles: Any = None,
     head: HeadSpec = None,
@@ -77,34 +122,72 @@ def muon(
     dimension numbers): the spectral norm scaled by ``scale`` — ``'muon'`` (default):
     ``σ_max/√max(1, d_out/d_in)``, whose dualization is Muon's ``√max(1, d_out/d_in) U Vᵀ``;
     ``'rms_to_rms'``: ``√(d_in/d_out) σ_max`` (``√(d_out/d_in) U Vᵀ``, the modular choice);
-    ``'spectral'``: ``U Vᵀ``. ``U Vᵀ`` is ``ns_steps`` Newton–Schulz steps with
+    ``'spectral'``: ``U Vᵀ``. ``consistent_rms=ρ`` (Moonlight's AdamW-RMS matching, Liu et al.
+    2025, eq. 4; ``optax.contrib.muon``'s ``consistent_rms``) takes ``ρ √max(d_in, d_out) U Vᵀ``
+    instead (the unit step of ``σ_max / (ρ √max(d_in, d_out))``): an update of RMS about ρ for
+    every shape, 0.2 matching AdamW's. ``U Vᵀ`` is ``ns_steps`` Newton–Schulz steps with
     ``ns_coefficients`` (``normtx.linalg.newton_schulz``; ``'muon'`` is Jordan's quintic, as in
-    ``optax.contrib.muon``). The momentum is ``m_t = β m_{t-1} + (1-β) g_t``, with Nesterov the
-    orthogonalized matrix is ``(1-β) g_t + β m_t`` (Jordan's reference; ``optax.contrib.muon``
-    bias-corrects both terms, which only changes the first steps); decoupled weight decay
-    ``weight_decay`` then the learning rate.
+    ``optax.contrib.muon``) from ``G`` normalised by ``normalization``.
+    ``adaptive=True`` multiplies each leaf's step by ``<M, U Vᵀ>``, the dual (nuclear) norm of
+    its momentum ``M`` read off the polar factor — the Prop. 1 step size of the spectral norm,
+    per leaf (anthology Prop. 5; ``optax.contrib.muon``'s ``adaptive``).
+
+    The momentum is ``m_t = β m_{t-1} + (1-β) g_t`` (its buffer in ``mu_dtype``); with Nesterov
+    the orthogonalized matrix is ``(1-β) g_t + β m_t`` (Jordan's reference). With
+    ``bias_correction=True`` (``optax.contrib.muon``'s form) it is ``m_t/(1-β^t)``, with Nesterov
+    ``β m_t/(1-β^{t+1}) + (1-β) g_t/(1-β^t)``: Nesterov's two terms get different corrections,
+    which changes the direction of the first steps (by 14% relative at step 1 for β = 0.95).
+    Then decoupled weight decay ``weight_decay`` (where ``weight_decay_mask`` says) and the
+    learning rate. Leaves labelled ``'frozen'`` get a zero update and no state.
 
     The other leaves (embeddings, the head, biases, gains) are a declared choice:
 
-    - ``others='adamw'`` (default, as in practice and ``optax.contrib.muon``): ``optax.adamw``'s
-      pieces with ``adam_*`` hyperparameters (``adam_learning_rate`` defaults to
-      ``learning_rate``);
+    - ``others='adamw'`` (default): ``optax.adamw``'s pieces with the ``adam_*``
+      hyperparameters (``adam_learning_rate`` defaults to ``learning_rate``; ``mu_dtype`` is
+      Adam's too). ``optax.contrib.muon`` also sends the other leaves to AdamW, but by rank: by
+      default *every* 2-D leaf, embeddings and the head included, is orthogonalized there, and
+      conv and attention kernels go to Adam. ``normtx.roles.muon_dimension_numbers(params)``
+      gives it normtx's routing.
     - ``others='modular'``: the same momentum and the unit modular-norm step of their roles
       (ℓ1 -> RMS for embeddings, RMS -> RMS for the head, RMS for vectors; ``modular_descent``).
+
+    **Reproducing optax.contrib.muon.** With the same routing, ``muon(lr, bias_correction=True,
+    adam_nesterov=True)`` is ``optax.contrib.muon(lr, muon_weight_dimension_numbers=
+    normtx.roles.muon_dimension_numbers(params))``, and optax's ``consistent_rms``,
+    ``adaptive``, ``weight_decay``/``weight_decay_mask``, ``mu_dtype``, ``adam_*``, ``ns_steps``
+    and ``preconditioning='schatten'`` (``normalization='schatten4'``) map to the arguments of
+    the same names; optax's ``eps`` is ``adam_eps`` here (normtx's normalisation before
+    Newton–Schulz, ``G/max|G|`` then ``/(‖·‖_F + 1e-7)``, is scale free, where optax divides by
+    ``‖G‖_F + eps``: the two agree to ``eps/‖G‖_F`` relative). The updates then agree to
+    float32 rounding (tested over 50 steps of a Flax transformer).
 
     Args:
       learning_rate: a number or a schedule.
       beta: momentum β in ``[0, 1)``.
       nesterov: Nesterov momentum.
+      bias_correction: divide the momentum by ``1 - β^t`` (``optax.contrib.muon``'s form).
       ns_coefficients: ``'muon'``, ``'polar_express'``, ``'cubic'`` or an array ``(k, 3)``.
-      ns_steps: Newton–Schulz steps (under ``optax.inject_hyperparams`` list it in
-        ``static_args``).
+      ns_steps: Newton–Schulz steps, an int ``>= 1``. Works with ``optax.inject_hyperparams``
+        (no ``static_args`` needed): injected, the step count and the coefficients are read at
+        run time (a ``lax.fori_loop``).
+      normalization: the scaling of ``G`` before Newton–Schulz: ``'frobenius'`` (default) or
+        ``'schatten4'`` (``‖G‖_{S₄}``, closer to σ_max; ``normtx.linalg.newton_schulz``).
       scale: ``'muon'``, ``'rms_to_rms'`` or ``'spectral'``.
+      consistent_rms: ``None`` or ρ > 0: the step ``ρ √max(d_in, d_out) U Vᵀ`` (``scale`` must
+        then be ``'muon'``).
+      adaptive: multiply each orthogonalized leaf's step by ``<M, U Vᵀ>``.
       weight_decay: decoupled weight decay ≥ 0 of the orthogonalized leaves (and of the matrix
         leaves with ``others='modular'``).
+      weight_decay_mask: where ``weight_decay`` applies, optax's convention: ``None`` (those
+        leaves), or a pytree of bools (or a prefix of one) or a callable ``params -> such a
+        pytree``. As in ``optax.contrib.muon`` it does not touch ``adam_weight_decay``.
+      mu_dtype: dtype of the momentum buffers (and of Adam's first moment); ``None``: each
+        parameter's dtype.
       others: ``'adamw'`` or ``'modular'``.
-      adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's
+      adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_eps_root, adam_weight_decay: AdamW's
         hyperparameters for the other leaves (``others='adamw'``).
+      adam_nesterov: Nesterov momentum in Adam (NAdam; ``optax.contrib.muon`` passes its own
+        ``nesterov`` to Adam).
       roles, head, labels, heads_as_batch: the roles, as in ``normtx.roles.infer``.
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
         leaves together by the owner-device strategy over its devices (``normtx.sharding``)
@@ -116,18 +199,32 @@ def muon(
     Example::
 
       tx = normtx.optimizers.muon(0.02, adam_learning_rate=3e-4)
+      tx = normtx.optimizers.muon(0.02, consistent_rms=0.2, weight_decay=0.1)  # Moonlight
 
     References:
       Jordan et al., *Muon: An optimizer for hidden layers* (2024); Bernstein & Newhouse,
-      *Old Optimizer, New Norm*, Prop. 5 and the epilogue (2024).
+      *Old Optimizer, New Norm*, Prop. 1, 5 and the epilogue (2024); Liu et al., *Muon is
+      Scalable for LLM Training*, eq. 4 (2025).
     """
     what = "muon"
     check_common(what, learning_rate, beta, nesterov, weight_decay)
-    check_choice("scale", scale, tuple(_MUON_NORMS), what)
+    check_choice("scale", scale, ("muon", "rms_to_rms", "spectral"), what)
     check_choice("others", others, ("adamw", "modular"), what)
-    polar = polar_function(ns_coefficients, ns_steps, what)
+    check_bool("bias_correction", bias_correction, what)
+    check_bool("adaptive", adaptive, what)
+    check_bool("adam_nesterov", adam_nesterov, what)
+    check_mu_dtype(mu_dtype, what)
+    if consistent_rms is not None:
+        check_positive("consistent_rms", consistent_rms, what)
+        if scale != "muon":
+            raise ValueError(
+                f"{what}: consistent_rms sets the shape factor √max(d_in, d_out) itself; it "
+                f"replaces scale, which must stay 'muon', got scale={scale!r}."
+            )
+    polar = polar_function(ns_coefficients, ns_steps, what, normalization=normalization)
+    norm = _MUON_NORMS["consistent_rms" if consistent_rms is not None else scale](polar=polar)
     geometry = polar_geometry(
-        _MUON_NORMS[scale](polar=polar),
+        norm,
         adamw=others == "adamw",
         roles=roles,
         head=head,
@@ -135,35 +232,92 @@ def muon(
         heads_as_batch=heads_as_batch,
         what=what,
     )
-    partition = modular_step(RoleModular(geometry, mesh=mesh), step="unit")
+    direction = _polar_step(geometry, mesh, adaptive=adaptive, rms=consistent_rms)
+    momentum = ema_momentum(beta, nesterov, bias_correction=bias_correction, mu_dtype=mu_dtype)
     if others == "modular":
+        if weight_decay_mask is None:
+            weight_decay_mask = role_mask(geometry, lambda r: r.is_matrix)
         return optax.chain(
-            ema_momentum(beta, nesterov),
-            partition,
-            add_weight_decay(weight_decay, role_mask(geometry, lambda r: r.is_matrix)),
+            skip_frozen(geometry, momentum),
+            direction,
+            add_weight_decay(weight_decay, weight_decay_mask),
             optax.scale_by_learning_rate(learning_rate),
+            zero_frozen(geometry),
         )
     return adamw_split(
         geometry,
         what,
-        momentum=ema_momentum(beta, nesterov),
-        direction=partition,
+        momentum=momentum,
+        direction=direction,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
         adam_learning_rate=adam_learning_rate,
         adam_b1=adam_b1,
         adam_b2=adam_b2,
         adam_eps=adam_eps,
+        adam_eps_root=adam_eps_root,
+        adam_nesterov=adam_nesterov,
         adam_weight_decay=adam_weight_decay,
+        mu_dtype=mu_dtype,
     )
 
 
-def polar_function(ns_coefficients: NsSchedule | ArrayLike, ns_steps: int, what: str):
-    """``G ↦ NS(G)``: ``ns_steps`` Newton–Schulz steps with ``ns_coefficients``, validated here."""
-    check_int("ns_steps", ns_steps, what, minimum=1)
-    check_static("ns_coefficients", ns_coefficients, what, arrays=True)
-    newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
-    return functools.partial(newton_schulz, steps=ns_steps, coefficients=ns_coefficients)
+def _polar_step(
+    geometry: Geometry, mesh: Mesh | None, *, adaptive: bool, rms: ArrayLike | None
+) -> optax.GradientTransformation:
+    """The unit step of the polar leaves' norm (``c U Vᵀ``, other leaves as their norm says),
+    then, on the ``POLAR_ROLES`` leaves, times ``<M, U Vᵀ>`` (``adaptive``) and ``rms``."""
+    partition = modular_step(RoleModular(geometry, mesh=mesh), step="unit")
+    if not adaptive and rms is None:
+        return partition
+
+    def update_fn(updates, state, params=None):
+        del params
+        directions, state = partition.update(updates, state)
+        m_leaves, treedef = jax.tree_util.tree_flatten(updates)
+        out = []
+        for a, m, d in zip(
+            geometry.assign(updates), m_leaves, treedef.flatten_up_to(directions), strict=True
+        ):
+            if a.role.name not in POLAR_ROLES or a.norm is None:
+                out.append(d)
+                continue
+            dc = to_compute(d)
+            factor = jnp.ones([], dc.dtype)
+            if adaptive:
+                # d = U Vᵀ / f (f the norm's factor): <M, U Vᵀ> = f <M, d>.
+                f = a.norm._polar_plan(tuple(jnp.shape(m)), a.path)[2]
+                factor = f * jnp.sum(to_compute(m).astype(dc.dtype) * dc)
+            if rms is not None:
+                factor = factor * jnp.asarray(rms, dc.dtype)
+            out.append((factor * dc).astype(d.dtype))
+        return jax.tree_util.tree_unflatten(treedef, out), state
+
+    return optax.GradientTransformation(partition.init, update_fn)
+
+
+def polar_function(
+    ns_coefficients: NsSchedule | ArrayLike,
+    ns_steps: int | ArrayLike,
+    what: str,
+    *,
+    normalization: Normalization = "frobenius",
+):
+    """``G ↦ NS(G)``: ``ns_steps`` Newton–Schulz steps with ``ns_coefficients``, validated here.
+
+    Both may be arrays traced by ``optax.inject_hyperparams`` (``newton_schulz`` then iterates a
+    step count and coefficients known at run time); concrete values are checked at once.
+    """
+    ns_steps = check_count("ns_steps", ns_steps, what, minimum=1)
+    check_choice("normalization", normalization, NORMALIZATIONS, what)
+    if not isinstance(ns_steps, jax.core.Tracer) and not isinstance(
+        ns_coefficients, jax.core.Tracer
+    ):
+        newton_schulz_schedule(ns_coefficients, ns_steps)  # fails here for a bad schedule
+    return functools.partial(
+        newton_schulz, steps=ns_steps, coefficients=ns_coefficients, normalization=normalization
+    )
 
 
 def polar_geometry(
@@ -202,32 +356,44 @@ def adamw_split(
     adam_b2: ArrayLike,
     adam_eps: ArrayLike,
     adam_weight_decay: ArrayLike,
+    weight_decay_mask: Any = None,
+    adam_eps_root: ArrayLike = 0.0,
+    adam_nesterov: bool = False,
+    mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     """Muon's split: ``momentum`` on the ``POLAR_ROLES`` leaves and Adam's moments on the others,
     then ``direction`` on the whole tree (it must pass the other leaves unchanged), then each
-    group's decoupled weight decay and learning rate (``adam_learning_rate`` defaults to
-    ``learning_rate``). Validates the ``adam_*`` hyperparameters."""
+    group's decoupled weight decay (``weight_decay_mask`` masks the polar group's) and learning
+    rate (``adam_learning_rate`` defaults to ``learning_rate``). Leaves labelled ``'frozen'`` get
+    a zero update and no state. Validates the ``adam_*`` hyperparameters."""
     adam_learning_rate = learning_rate if adam_learning_rate is None else adam_learning_rate
     check_positive("adam_learning_rate", adam_learning_rate, what)
     check_positive("adam_eps", adam_eps, what, allow_zero=True)
+    check_positive("adam_eps_root", adam_eps_root, what, allow_zero=True)
     check_positive("adam_weight_decay", adam_weight_decay, what, allow_zero=True)
     for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
         check_probability(name, value, what)
-    label = role_mask(geometry, lambda r: "muon" if r.name in POLAR_ROLES else "adam")
+    label = role_mask(
+        geometry,
+        lambda r: "muon" if r.name in POLAR_ROLES else FROZEN if r.name == FROZEN else "adam",
+    )
+    adam = optax.scale_by_adam(
+        adam_b1, adam_b2, adam_eps, adam_eps_root, mu_dtype=mu_dtype, nesterov=adam_nesterov
+    )
     return optax.chain(
-        optax.partition(
-            {"muon": momentum, "adam": optax.scale_by_adam(adam_b1, adam_b2, adam_eps)}, label
-        ),
+        optax.partition({"muon": momentum, "adam": adam, FROZEN: optax.set_to_zero()}, label),
         direction,
         optax.partition(
             {
                 "muon": optax.chain(
-                    add_weight_decay(weight_decay), optax.scale_by_learning_rate(learning_rate)
+                    add_weight_decay(weight_decay, weight_decay_mask),
+                    optax.scale_by_learning_rate(learning_rate),
                 ),
                 "adam": optax.chain(
                     add_weight_decay(adam_weight_decay),
                     optax.scale_by_learning_rate(adam_learning_rate),
                 ),
+                FROZEN: optax.set_to_zero(),
             },
             label,
         ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -10,6 +12,7 @@ __all__ = [
     "compute_dtype",
     "div_by_max",
     "finite_matrices",
+    "max_scaler",
     "safe_div",
     "sum_widest",
     "to_compute",
@@ -86,12 +89,25 @@ def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
     ``m`` (a NaN or Inf in the group) makes the whole group NaN: visible downstream, and never an
     Inf inside LAPACK (its SVD of a matrix with an Inf entry hangs). float32 or float64.
     """
-    info = jnp.finfo(x.dtype)
+    return max_scaler(m, x.dtype)(x)
+
+
+def max_scaler(m: jax.Array, dtype) -> Callable[[jax.Array], jax.Array]:
+    """``x -> div_by_max(x, m)`` with the exponent work done once: for many arrays sharing ``m``
+    (every leaf of a tree divided by the tree's largest entry), each then costs three products
+    and a division."""
+    info = jnp.finfo(dtype)
     itype = jnp.int32 if info.bits == 32 else jnp.int64
-    bits = lax.bitcast_convert_type(m.astype(x.dtype), itype)
+    m = m.astype(dtype)
+    bits = lax.bitcast_convert_type(m, itype)
     field = (bits >> info.nmant) & ((1 << info.nexp) - 1)
     e = jnp.maximum(field, 1) - (info.maxexp - 1)  # a subnormal m scales like the smallest normal
     h = e >> 1  # floor(e / 2): both halves 2^-h and 2^(h-e) stay normal
-    y = x * _pow2(-h, x.dtype) * _pow2(h - e, x.dtype)
-    f = m.astype(x.dtype) * _pow2(-h, x.dtype) * _pow2(h - e, x.dtype)
-    return jnp.where(jnp.isfinite(m), safe_div(y, f), jnp.nan)
+    lo, hi = _pow2(-h, dtype), _pow2(h - e, dtype)
+    f = m * lo * hi
+    finite = jnp.isfinite(m)
+
+    def scale(x: jax.Array) -> jax.Array:
+        return jnp.where(finite, safe_div(x * lo * hi, f), jnp.nan)
+
+    return scale

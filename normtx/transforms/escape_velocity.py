@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from normtx._numerics import compute_dtype, div_by_max, safe_div, to_compute, widest_float
+from normtx._numerics import compute_dtype, max_scaler, safe_div, to_compute, widest_float
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx._validation import check_choice, check_positive
 from normtx.norms.tree import Modular, NormSpec, as_modular
@@ -464,7 +464,8 @@ def _unit_scaled(xs: list[jax.Array]) -> list[jax.Array]:
     if not xs:
         return xs
     m = _absmax(xs)
-    return [div_by_max(x, m.astype(x.dtype)) for x in xs]
+    scalers = {d: max_scaler(m, d) for d in {x.dtype for x in xs}}  # the exponent work once
+    return [scalers[x.dtype](x) for x in xs]
 
 
 def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype) -> jax.Array:

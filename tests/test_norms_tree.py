@@ -83,7 +83,7 @@ def test_prop7_step_beats_feasible_points(lam):
 
 def test_stacked_polar_factors_equal_the_leaf_by_leaf_ones(monkeypatch):
     """The accelerator path, forced on CPU: same-shape and transposed kernels stacked into one
-    Newton–Schulz program give the leaf-by-leaf directions and duals, and both the float64
+    Newton–Schulz program give the CPU path's directions and duals, and both the float64
     polar factors (Prop. 5) within Newton–Schulz accuracy."""
     rng = np.random.default_rng(3)
     shapes = {"q": (8, 8), "k": (8, 8), "up": (8, 16), "down": (16, 8), "w": (5, 3), "b": (8,)}
@@ -96,8 +96,8 @@ def test_stacked_polar_factors_equal_the_leaf_by_leaf_ones(monkeypatch):
 
     run = jax.jit(lambda t: mod.duals_and_directions(t))
     leafwise = run(_f32(g))
-    assert programs() == 5  # one per matrix leaf on CPU
-    monkeypatch.setattr(norms.tree, "_stack_polar_factors", lambda mesh: True)
+    assert programs() == 4  # on CPU: (q, k) stacked; up; down; w (tall ones not turned)
+    monkeypatch.setattr(norms.tree, "_turn_tall_matrices", lambda mesh: True)
     assert programs() == 3  # (q, k); (up, downᵀ); w
     run = jax.jit(lambda t: mod.duals_and_directions(t))  # a fresh trace takes the stacked path
     stacked = run(_f32(g))

@@ -200,8 +200,7 @@ class Modular:
 
     def _polar_directions(self, entries: Sequence[tuple[str, Any, Norm | None]]) -> dict:
         """``{i: polar(x_i)/factor_i}`` (compute dtype, leaf shape) for the entries whose norm
-        dualizes by a polar factor (``Norm._polar_plan``), stacked by matrix shape where that
-        pays (``_stack_polar_factors``)."""
+        dualizes by a polar factor (``Norm._polar_plan``), stacked by matrix shape."""
         fns: dict[Any, Callable] = {}
         items, factors = [], {}
         for i, (path, x, n) in enumerate(entries):
@@ -210,7 +209,7 @@ class Modular:
                 dims, method, factors[i] = plan
                 fn = fns.setdefault(method, functools.partial(polar, method=method))
                 items.append((path, to_compute(x), dims, fn))
-        outs = map_matrices(items, batch=_stack_polar_factors(self.mesh), mesh=self.mesh)
+        outs = map_matrices(items, turn=_turn_tall_matrices(self.mesh), mesh=self.mesh)
         return {i: p / factors[i] for i, p in zip(factors, outs, strict=True)}
 
     def dualize(self, tree: Any) -> Any:
@@ -240,11 +239,12 @@ class Modular:
         return duals, directions
 
 
-def _stack_polar_factors(mesh: Mesh | None) -> bool:
-    """Whether same-shape polar factors are stacked (one program per shape): on accelerators and
-    over a mesh. Without a mesh on CPU they go leaf by leaf: there XLA runs the independent
-    iterations concurrently, while a stack runs as a loop (see ``normtx.linalg.newton_schulz``),
-    slower per update at little saving of compile time (the iteration is one shared function)."""
+def _turn_tall_matrices(mesh: Mesh | None) -> bool:
+    """Whether tall matrices are turned to share a stack with wide ones (``(a, b)`` with
+    ``(b, a)``: one program for a layer's up and down projections): on accelerators and over a
+    mesh, where fewer, larger batched iterations pay. On CPU a stack runs as a loop over its
+    matrices anyway (``normtx.linalg.newton_schulz``), so the stacks keep every matrix as it is
+    and give, to the bit, what the leaves give one by one."""
     return mesh is not None or jax.default_backend() != "cpu"
 
 

@@ -28,7 +28,7 @@ Item = tuple[str, jax.Array, DimensionNumbers, Callable[[jax.Array], jax.Array]]
 
 
 def map_matrices(
-    items: Sequence[Item], *, batch: bool = True, mesh: Mesh | None = None
+    items: Sequence[Item], *, batch: bool = True, turn: bool = True, mesh: Mesh | None = None
 ) -> list[jax.Array]:
     """``fn`` applied to every matrix of every leaf; each result has its leaf's shape.
 
@@ -37,15 +37,16 @@ def map_matrices(
     transposed first (``m <= n`` in every stack) so that ``(a, b)`` and ``(b, a)`` kernels share a
     stack. Items are stacked when they have the same ``fn`` object, matrix shape and dtype (and,
     under explicit sharding, layout); ``batch=False`` calls ``fn`` once per leaf, on its matrices as
-    they are. With ``mesh`` every stack is computed by the owner strategy (module docstring);
-    results are then laid out like their leaves under explicit sharding, and wherever XLA puts
-    them under ``Auto`` axes.
+    they are; ``turn=False`` stacks without turning tall matrices (each matrix is computed as it
+    is, so a stack gives what its leaves give one by one). With ``mesh`` every stack is computed
+    by the owner strategy (module docstring); results are then laid out like their leaves under
+    explicit sharding, and wherever XLA puts them under ``Auto`` axes.
     """
     slices, groups = [], {}
     for i, (path, x, dims, fn) in enumerate(items):
         owner_mesh = _check_mesh(path, x, mesh) if mesh is not None else None
         m, inverse = _as_matrices(x, dims, owner_mesh)
-        tall = batch and m.shape[1] > m.shape[2]  # turned only to share a stack with wide ones
+        tall = batch and turn and m.shape[1] > m.shape[2]  # turned to share a stack with wide ones
         m = jnp.swapaxes(m, 1, 2) if tall else m
         slices.append((m, inverse, tall))
         key = (fn, m.shape[1:], m.dtype, _sharding.explicit_spec(m)) if batch else i
@@ -116,3 +117,10 @@ def _owner(fn: Callable[[jax.Array], jax.Array], stack: jax.Array, mesh: Mesh) -
     stack, axes, back = _sharding.to_owner(stack, own.axis_names)
     spec = PartitionSpec(axes)
     return back(jax.shard_map(fn, mesh=own, in_specs=spec, out_specs=spec)(stack))[:n]
+
+
+def _auto(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis ``AxisType.Auto`` (itself if they all are)."""
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))

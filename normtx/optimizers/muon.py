@@ -135,8 +135,9 @@ def muon(
     The momentum is ``m_t = β m_{t-1} + (1-β) g_t`` (its buffer in ``mu_dtype``); with Nesterov
     the orthogonalized matrix is ``(1-β) g_t + β m_t`` (Jordan's reference). With
     ``bias_correction=True`` (``optax.contrib.muon``'s form) it is ``m_t/(1-β^t)``, with Nesterov
-    ``β m_t/(1-β^{t+1}) + (1-β) g_t/(1-β^t)``: Nesterov's two terms get different corrections,
-    which changes the direction of the first steps (by 14% relative at step 1 for β = 0.95).
+    ``β m_t/(1-β^{t+1}) + (1-β) g_t/(1-β^t)``: the first step is the same polar factor, but
+    Nesterov's two terms get different corrections, which changes the direction of the next
+    steps.
     Then decoupled weight decay ``weight_decay`` (where ``weight_decay_mask`` says) and the
     learning rate. Leaves labelled ``'frozen'`` get a zero update and no state.
 

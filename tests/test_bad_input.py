@@ -42,6 +42,11 @@ def _update(tx, params, grads, *, with_params=True):
     return thunk
 
 
+def _with_leaf(tree, module, name, leaf):
+    """``tree`` with ``tree[module][name]`` replaced by ``leaf``."""
+    return {**tree, module: {**tree[module], name: leaf}}
+
+
 def _qk_update(max_logits, params=None):
     """Traces ``qk_clip``'s update under ``jax.jit`` with the extra argument ``max_logits``."""
     params = ATTN if params is None else params
@@ -191,6 +196,31 @@ CASES = [
         "escape_velocity_max_growth_below_one",
         lambda: normtx.escape_velocity_lr(**EV, max_growth=0.5),
         r"max_growth must be > 1 .*got 0\.5",
+    ),
+    (
+        "escape_velocity_float16_state_dtype",
+        lambda: normtx.escape_velocity_lr(**EV, beta=(0.9, 0.99), state_dtype=jnp.float16),
+        r"escape_velocity_lr: state_dtype=float16 cannot hold the step-size rule's sums.*bfloat16",
+    ),
+    (
+        "sharpness_without_the_dual_norm_step",
+        lambda: optimizers.sign_descent(0.1, sharpness=2.0),
+        r"sign_descent: sharpness=2\.0 has no effect with step='unit' .*step='dual_norm'",
+    ),
+    (
+        "modular_sharpness_without_the_dual_norm_step",
+        lambda: optimizers.modular_descent(1.0, escape_velocity=True, sharpness=0.5),
+        r"modular_descent: sharpness=0\.5 has no effect with step='unit'",
+    ),
+    (
+        "modular_init_lr_without_escape_velocity",
+        lambda: optimizers.modular_descent(0.1, init_lr=1e-3),
+        r"modular_descent: init_lr=0\.001 has no effect without escape_velocity=True",
+    ),
+    (
+        "modular_rule_without_escape_velocity",
+        lambda: optimizers.modular_descent(0.1, rule="cosine"),
+        r"modular_descent: rule='cosine' has no effect without escape_velocity=True",
     ),
     (
         "dion_rank_fraction_above_one",
@@ -525,6 +555,43 @@ CASES = [
         _update(normtx.scale_by_neuron_rms(), {"w": _f32(3, 4)}, {"w": _f32(4, 3)}),
         r"update 'w' \(shape \(4, 3\), float32\) does not match the state: its second moment "
         r"nu has shape \(1, 4\), and a leaf of this shape needs \(1, 3\)",
+    ),
+    # The optimizers check the updates against the params init saw before any transform runs: a
+    # (4, 3) gradient for a (3,) bias was broadcast into it, or failed inside optax.trace.
+    (
+        "gradient_broadcast_into_a_bias_by_sign_descent",
+        _update(optimizers.sign_descent(0.1), P, _with_leaf(G, "Dense_1", "bias", _f32(4, 3))),
+        r"sign_descent: gradient 'Dense_1/bias' \(shape \(4, 3\), float32\) does not match the "
+        r"parameter it updates: the state was initialised with 'Dense_1/bias' of shape \(3,\)",
+    ),
+    (
+        "gradient_of_another_shape_against_momentum",
+        _update(
+            optimizers.normalized_sgd(0.1, momentum=0.9),
+            P,
+            _with_leaf(G, "Dense_0", "kernel", _f32(8, 6)),
+        ),
+        r"normalized_sgd: gradient 'Dense_0/kernel' \(shape \(8, 6\), float32\) does not match "
+        r"the parameter it updates: .* of shape \(6, 8\)",
+    ),
+    (
+        "gradient_tree_against_spectral_descent",
+        _update(optimizers.spectral_descent(0.1, momentum=0.9), P, {"Dense_0": G["Dense_0"]}),
+        r"spectral_descent: the gradients do not have the tree structure of the params the "
+        r"optimizer state was initialised with \(.*param paths the gradients lack: "
+        r"\['Dense_1/bias', 'Dense_1/kernel'\]\)",
+    ),
+    (
+        "params_of_another_shape_against_modular_descent",
+        lambda: jax.jit(optimizers.modular_descent(0.1).update)(
+            G, optimizers.modular_descent(0.1).init(P), _with_leaf(P, "Dense_0", "bias", _f32(2, 8))
+        ),
+        r"modular_descent: parameter 'Dense_0/bias' \(shape \(2, 8\), float32\) does not match",
+    ),
+    (
+        "gradient_broadcast_into_a_bias_by_scion",
+        _update(optimizers.scion(0.1), P, _with_leaf(G, "Dense_0", "bias", _f32(4, 8))),
+        r"scion: gradient 'Dense_0/bias' \(shape \(4, 8\), float32\) does not match",
     ),
     # ---- linear algebra entry points ---------------------------------------------------------
     (

@@ -114,6 +114,35 @@ def test_spectral_descent_is_the_polar_factor_and_l2_on_vectors():
         normtx.optimizers.spectral_descent(0.1).init({"w": jnp.ones((2, 3, 4), jnp.float32)})
 
 
+NO_MOMENTUM = {  # optimizer -> the oracle of its unit step for one gradient leaf
+    "sign_descent": np.sign,
+    "normalized_sgd": lambda x: x / np.linalg.norm(x),
+    "spectral_descent": lambda x: orc.polar(x) if x.ndim == 2 else x / np.linalg.norm(x),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_MOMENTUM))
+def test_momentum_zero_keeps_no_buffer_so_a_nan_step_does_not_poison_the_next(name):
+    """Issue 15, item 9: ``momentum=0`` builds no trace, so the state holds no per-parameter
+    buffer in which a NaN gradient would stay (``0 · NaN = NaN``): the step after a NaN step is the
+    oracle's step for its own gradient. With momentum the NaN stays, as in any EMA."""
+    kw = {"polar": "svd"} if name == "spectral_descent" else {}
+    params = _f32(_mlp_tree(9))
+    nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
+    g = _mlp_tree(2)
+    tx = getattr(normtx.optimizers, name)(0.1, **kw)
+    state = tx.init(params)
+    assert not [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    (u1, u2) = _run(tx, [nan, _f32(g)], params, jit=True)
+    assert all(np.isnan(x).all() for x in jax.tree.leaves(u1))  # the bad step is visible
+    chex.assert_trees_all_close(
+        u2, jax.tree.map(lambda x: -0.1 * NO_MOMENTUM[name](x), g), rtol=1e-5, atol=1e-7
+    )
+    with_momentum = getattr(normtx.optimizers, name)(0.1, momentum=0.5, **kw)
+    (_, u2) = _run(with_momentum, [nan, _f32(g)], params, jit=True)
+    assert all(np.isnan(x).all() for x in jax.tree.leaves(u2))
+
+
 def test_modular_descent_is_momentum_then_the_unit_modular_step():
     grads = [_mlp_tree(s) for s in range(3)]
     params = _f32(_mlp_tree(7))

@@ -232,6 +232,24 @@ def test_owner_strategy_equals_one_device(name):
             _assert_laid_out(updates, _named(mesh, _kernels(TREE_SPECS)))
 
 
+@pytest.mark.parametrize("name", list(OWNER_CASES))
+def test_params_not_placed_on_the_explicit_mesh(name):
+    """Issue 15, item 8: ``mesh=jax.make_mesh(...)`` (explicit axes) with params not placed on it
+    (host arrays, one default device) failed inside ``with_sharding_constraint``, which takes Auto
+    axes only. The stack is laid out over the mesh's Auto twin; the update and the state equal the
+    single-device computation without a mesh, jitted with and without ``jax.set_mesh``."""
+    make, kernels_only = OWNER_CASES[name]
+    params = _kernels(_tree()) if kernels_only else _tree()
+    plain = make(None)
+    ref = _jit(lambda p: plain.update(p, plain.init(p), p))(params)
+    mesh = _mesh("explicit")
+    tx = make(mesh)
+    step = _jit(lambda p: tx.update(p, tx.init(p), p))
+    chex.assert_trees_all_close(step(params), ref, rtol=1e-5, atol=1e-6)
+    with jax.set_mesh(mesh):
+        chex.assert_trees_all_close(step(params), ref, rtol=1e-5, atol=1e-6)
+
+
 def _all_gathers(hlo: str) -> list[tuple[int, ...]]:
     """Output shapes of every all-gather in compiled HLO text (async pairs counted once)."""
     shapes = []

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
+from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx._validation import check_bool, check_choice, check_positive, check_probability
 from normtx.geometry import FROZEN, Geometry, Role
 from normtx.norms import NormSpec
@@ -82,11 +84,105 @@ def add_weight_decay(weight_decay: ArrayLike, mask: Any = None) -> optax.Gradien
     return optax.add_decayed_weights(weight_decay, mask)
 
 
-def steepest(norm: NormSpec, step: Step, sharpness: ArrayLike, what: str, mesh: Mesh | None):
-    check_choice("step", step, ("unit", "dual_norm"), what)
+def steepest(norm: NormSpec, step: Step, sharpness: ArrayLike | None, what: str, mesh: Mesh | None):
+    sharpness = check_step(step, sharpness, what)
     if step == "unit":
         return dualize(norm, mesh=mesh)
     return scale_by_dual_norm(norm, sharpness=sharpness, scope="tree", mesh=mesh)
+
+
+def check_step(step: Step, sharpness: Any, what: str) -> Any:
+    """Validates ``step`` and returns the sharpness λ (1.0 when not given).
+
+    ``sharpness`` only enters the ``'dual_norm'`` step: given with ``step='unit'`` it would be
+    silently ignored, so it is refused.
+    """
+    check_choice("step", step, ("unit", "dual_norm"), what)
+    if sharpness is None:
+        return 1.0
+    if step == "unit":
+        raise ValueError(
+            f"{what}: sharpness={sharpness!r} has no effect with step='unit' (the step is the "
+            "dualized direction alone, of norm 1). Pass step='dual_norm' for the Prop. 1/7 step "
+            "that divides by it, or leave sharpness unset."
+        )
+    check_positive("sharpness", sharpness, what)
+    return sharpness
+
+
+class ShapeCheckState(NamedTuple):
+    """State of ``check_shapes``: the tree and the leaf shapes of the params ``init`` saw."""
+
+    shapes: Any  # like the params: per leaf a tuple of int8 zeros (d,), one per axis of length d
+
+
+def check_shapes(what: str) -> optax.GradientTransformation:
+    """First in every optimizer's chain: the updates (and params) must have the tree structure and
+    the leaf shapes of the params ``init`` saw, else a ``ValueError`` naming the path, shape and
+    dtype — not a raw pytree or broadcasting error from a transform further down the chain, nor a
+    silent broadcast (a ``(4, 3)`` gradient for a ``(3,)`` bias would grow the bias).
+
+    The record is the state, not this closure, so a state restored from a checkpoint (in another
+    process) is checked too: a leaf of shape ``(d_1, …, d_k)`` is recorded as ``k`` int8 vectors
+    of lengths ``d_1, …, d_k``, whose shapes are known when ``update`` is traced (``d_1 + … + d_k``
+    bytes; orbax refuses empty arrays, which would have held the shape in none). The updates pass
+    through unchanged.
+    """
+
+    def init_fn(params):
+        record = lambda p: tuple(jnp.zeros((d,), jnp.int8) for d in jnp.shape(p))  # noqa: E731
+        return ShapeCheckState(shapes=jax.tree.map(record, params))
+
+    def update_fn(updates, state, params=None):
+        _check_like_init(what, "gradient", updates, state.shapes)
+        if params is not None:
+            _check_like_init(what, "parameter", params, state.shapes)
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_record(x: Any) -> bool:
+    """Whether ``x`` is one leaf's entry of ``ShapeCheckState.shapes``: a tuple of int8 vectors,
+    or the mapping ``{0: …, 1: …}`` that ``nnx.Optimizer`` keeps it as."""
+    if isinstance(x, Mapping):
+        x = list(x.values())
+    elif type(x) not in (tuple, list):
+        return False
+    return all(getattr(a, "dtype", None) == jnp.int8 and np.ndim(a) == 1 for a in x)
+
+
+def _check_like_init(what: str, kind: str, tree: Any, shapes: Any) -> None:
+    flat, treedef = flatten_with_paths(tree)
+    try:
+        entries = treedef.flatten_up_to(shapes)
+    except (ValueError, TypeError):
+        entries = None
+    if entries is None or not all(_is_record(e) for e in entries):
+        paths = [p for p, _ in flat]
+        init_paths = [p for p, _ in flatten_with_paths(shapes, is_leaf=_is_record)[0]]
+        extra = [p for p in paths if p not in set(init_paths)]
+        missing = [p for p in init_paths if p not in set(paths)]
+        detail = (
+            f"{kind} paths the params lack: {extra[:8]}; param paths the {kind}s lack: "
+            f"{missing[:8]}"
+            if extra or missing
+            else f"the same paths in other containers:\n  {kind}s: {treedef}"
+        )
+        raise ValueError(
+            f"{what}: the {kind}s do not have the tree structure of the params the optimizer "
+            f"state was initialised with ({detail}). Pass {kind}s of the params' structure, or "
+            "initialise the state with the params they update."
+        )
+    for (path, leaf), entry in zip(flat, entries, strict=True):
+        expected = tuple(int(np.shape(axis)[0]) for axis in jax.tree.leaves(entry))
+        if tuple(np.shape(leaf)) != expected:
+            raise ValueError(
+                f"{what}: {kind} {describe_leaf(path, leaf)} does not match the parameter it "
+                f"updates: the state was initialised with {path!r} of shape {expected}. A {kind} "
+                "of another shape would be broadcast into the parameter (or fail further down "
+                f"the chain); pass {kind}s of the params' shapes."
+            )
 
 
 def check_common(what: str, learning_rate, momentum, nesterov, weight_decay) -> None:
@@ -126,10 +222,12 @@ def descent(
     mu_dtype: DTypeLike | None = None,
     mesh: Mesh | None = None,
 ) -> optax.GradientTransformation:
-    """Momentum, the steepest-descent step under ``norm``, weight decay, the learning rate."""
+    """The shape check, momentum, the steepest-descent step under ``norm``, weight decay, the
+    learning rate."""
     check_common(what, learning_rate, momentum, nesterov, weight_decay)
     check_mu_dtype(mu_dtype, what)
     return optax.chain(
+        check_shapes(what),
         ema_momentum(momentum, nesterov, mu_dtype=mu_dtype),
         steepest(norm, step, sharpness, what, mesh),
         add_weight_decay(weight_decay, weight_decay_mask),

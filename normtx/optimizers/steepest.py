@@ -24,6 +24,8 @@ from normtx.optimizers._chains import (
     add_weight_decay,
     check_common,
     check_mu_dtype,
+    check_shapes,
+    check_step,
     descent,
     ema_momentum,
     role_mask,
@@ -43,7 +45,7 @@ def sign_descent(
     nesterov: bool = False,
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule = 1.0,
+    sharpness: ArrayLike | optax.Schedule | None = None,
     weight_decay_mask: Any = None,
     mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
@@ -61,7 +63,8 @@ def sign_descent(
       nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
       weight_decay: decoupled weight decay ≥ 0.
       step: ``'unit'`` or ``'dual_norm'``.
-      sharpness: λ > 0 of Prop. 1 (``step='dual_norm'`` only).
+      sharpness: λ > 0 of Prop. 1, default 1.0; ``step='dual_norm'`` only (with
+        ``step='unit'`` it would have no effect, and giving it is an error).
       weight_decay_mask: where ``weight_decay`` applies, optax's convention
         (``optax.add_decayed_weights``): ``None`` (every leaf), a pytree of bools with the
         structure of the params (or a prefix of it), or a callable ``params -> such a pytree``.
@@ -88,7 +91,7 @@ def normalized_sgd(
     nesterov: bool = False,
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule = 1.0,
+    sharpness: ArrayLike | optax.Schedule | None = None,
     weight_decay_mask: Any = None,
     mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
@@ -143,7 +146,7 @@ def spectral_descent(
     nesterov: bool = False,
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule = 1.0,
+    sharpness: ArrayLike | optax.Schedule | None = None,
     weight_decay_mask: Any = None,
     mu_dtype: DTypeLike | None = None,
     polar: PolarMethod = "newton_schulz",
@@ -189,10 +192,10 @@ def modular_descent(
     nesterov: bool = False,
     weight_decay: ArrayLike = 0.0,
     step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule = 1.0,
+    sharpness: ArrayLike | optax.Schedule | None = None,
     escape_velocity: bool = False,
-    init_lr: ArrayLike = 1e-6,
-    rule: Literal["prodigy", "cosine"] = "prodigy",
+    init_lr: ArrayLike | None = None,
+    rule: Literal["prodigy", "cosine"] | None = None,
     weight_decay_mask: Any = None,
     mu_dtype: DTypeLike | None = None,
     roles: Any = None,
@@ -225,11 +228,15 @@ def modular_descent(
       nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
       weight_decay: decoupled weight decay ≥ 0 on matrix roles (not biases or gains).
       step: ``'unit'`` or ``'dual_norm'``.
-      sharpness: λ > 0 (``step='dual_norm'`` only).
+      sharpness: λ > 0, default 1.0; ``step='dual_norm'`` only (with ``step='unit'`` it would
+        have no effect, and giving it is an error).
       escape_velocity: scale the steps by ``normtx.escape_velocity_lr`` (``update`` then needs
         ``params``).
-      init_lr: η_0 > 0 of the escape-velocity rule.
-      rule: ``'prodigy'`` or ``'cosine'`` (see ``normtx.escape_velocity_lr``).
+      init_lr: η_0 > 0 of the escape-velocity rule, default 1e-6 (``escape_velocity=True``
+        only, as ``rule``: without it either is an error).
+      rule: ``'prodigy'`` (default: η never decreases, eq. 28) or ``'cosine'``
+        (``η_{t+1} = η_t (1 + cos θ_t)``: η falls when the gradient turns back), each as the
+        anthology writes it (see ``normtx.escape_velocity_lr``).
       weight_decay_mask: where ``weight_decay`` applies: ``None`` (the matrix roles) or, in
         optax's convention, a pytree of bools (or a prefix of one) or a callable
         ``params -> such a pytree``, which replaces the default.
@@ -258,6 +265,15 @@ def modular_descent(
     check_common(what, learning_rate, momentum, nesterov, weight_decay)
     check_bool("escape_velocity", escape_velocity, what)
     check_mu_dtype(mu_dtype, what)
+    sharpness = check_step(step, sharpness, what)
+    if not escape_velocity:
+        for name, value in (("init_lr", init_lr), ("rule", rule)):
+            if value is not None:
+                raise ValueError(
+                    f"{what}: {name}={value!r} has no effect without escape_velocity=True (it is "
+                    "a setting of the escape-velocity step size); pass escape_velocity=True to "
+                    f"use it, or leave {name} unset."
+                )
     geometry = Geometry(
         roles,
         norms=norms,
@@ -279,11 +295,17 @@ def modular_descent(
         direction = modular_direction(
             mod, before=before, after=after, sharpness=sharpness, step=step
         )
-        scaled = escape_velocity_lr(direction, norm=mod, init_lr=init_lr, rule=rule)
+        scaled = escape_velocity_lr(
+            direction,
+            norm=mod,
+            init_lr=1e-6 if init_lr is None else init_lr,
+            rule="prodigy" if rule is None else rule,
+        )
         return optax.chain(
             scaled, optax.scale_by_learning_rate(learning_rate), zero_frozen(geometry)
         )
     return optax.chain(
+        check_shapes(what),
         before,
         modular_step(mod, sharpness=sharpness, step=step),
         after,
@@ -370,6 +392,7 @@ def scion(
         what=what,
     )
     return optax.chain(
+        check_shapes(what),
         skip_frozen(geometry, ema_momentum(momentum, False, mu_dtype=mu_dtype)),
         modular_step(RoleModular(geometry, mesh=mesh), step="unit"),
         optax.scale(radius),

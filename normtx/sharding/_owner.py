@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from normtx.dims import DimensionNumbers, as_matrices, matrix_layout
 from normtx.sharding import _layout as _sharding
@@ -110,6 +110,11 @@ def _owner(fn: Callable[[jax.Array], jax.Array], stack: jax.Array, mesh: Mesh) -
         stack = jnp.concatenate([stack, _sharding.zeros_like_layout(stack, pad)], axis=0)
     own = _sharding.explicit_mesh(stack)
     if own is None:
+        # Leaves without an explicit layout (Auto axes, or not placed on any mesh): the stack is
+        # constrained to the owner layout and XLA moves the data. A constraint may only name Auto
+        # axes, so an explicit-axes mesh (``jax.make_mesh``'s default) is used as its Auto twin:
+        # the same devices and names.
+        mesh = _auto(mesh)
         axes = tuple(mesh.axis_names)
         spec = PartitionSpec(axes)
         stack = jax.lax.with_sharding_constraint(stack, NamedSharding(mesh, spec))

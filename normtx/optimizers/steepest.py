@@ -227,7 +227,12 @@ def modular_descent(
       momentum: β in ``[0, 1)``; 0 is plain steepest descent.
       nesterov: Nesterov momentum ``(1-β) g_t + β m_t``.
       weight_decay: decoupled weight decay ≥ 0 on matrix roles (not biases or gains).
-      step: ``'unit'`` or ``'dual_norm'``.
+      step: ``'unit'`` (default) or ``'dual_norm'``. The default differs from
+        ``modular_norm_partition``'s (``'dual_norm'``) on purpose: that transform is the whole
+        Prop. 7 method, λ its only step size; here a learning rate (and momentum) follows, and
+        with ``'unit'`` the learning rate is the modular-norm length of every step (as in Muon
+        and Scion), where ``'dual_norm'`` would multiply it by ``Σ_k N_k†(m_k)/(s_k λ)`` of the
+        momentum, a factor that follows the gradients' scale through training.
       sharpness: λ > 0, default 1.0; ``step='dual_norm'`` only (with ``step='unit'`` it would
         have no effect, and giving it is an error).
       escape_velocity: scale the steps by ``normtx.escape_velocity_lr`` (``update`` then needs

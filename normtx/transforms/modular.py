@@ -81,7 +81,10 @@ def modular_norm_partition(
         (``norms={'head': normtx.norms.lp_to_linf(2)}``, ``scales='mass'``, …).
       sharpness: λ > 0 (a number or a schedule ``count -> λ``); only ``step='dual_norm'`` and the
         ``global_eta`` diagnostic use it. Works with ``optax.inject_hyperparams``.
-      step: ``'dual_norm'`` (the Prop. 7 step) or ``'unit'`` (the unit-norm direction).
+      step: ``'dual_norm'`` (default: the Prop. 7 step, a complete method whose only step size
+        is λ) or ``'unit'`` (the unit-norm direction, for a learning rate to scale:
+        ``normtx.optimizers.modular_descent`` defaults to it, since its learning rate then sets
+        the modular-norm length of each step).
       mesh: as in ``normtx.modular_norm``.
 
     Returns:

@@ -1,8 +1,7 @@
 """The adaptive family of the lecture notes (Stratos, *Adaptive Learning Methods*) as transforms.
 
-Where optax already has a method, normtx does not write it again; the tests
-(``tests/test_adaptive_optax_equivalence.py``) check that the notes' equations, recomputed in NumPy
-float64, give optax's iterates:
+Where optax already has a method, normtx does not write it again; normtx's test suite checks that
+the notes' equations, recomputed in NumPy float64, give optax's iterates:
 
 ============================  ==================================================================
 notes                         optax
@@ -21,7 +20,7 @@ What optax does not have lives here, each an ``optax.GradientTransformation``:
 
 - ``scale_by_full_adagrad`` — full-matrix AdaGrad ``(Σ g gᵀ)^{-1/2} g`` (§3.2), per leaf or block;
 - ``add_decoupled_weight_decay`` / ``adamw_fully_decoupled`` — the fully decoupled AdamW of
-  §4.3–4.4 (Wortsman et al.; DESIGN §6 sign erratum fixed);
+  §4.3–4.4 (Wortsman et al.; the notes' sign erratum fixed);
 - ``scale_by_adam_nmf`` — AdamNMF, a rank-r NMF of the second moment by EM (Appendix K.2);
 - ``scale_by_shampoo`` — Shampoo ``L^{-1/4} G R^{-1/4}`` with sum or EMA statistics (§6, 6.1),
   blocking, grafting, stale roots, and the idealized ``-1/2`` iteration (Appendix I.1);

@@ -6,7 +6,7 @@ Adam divides by ``sqrt(v)`` with ``v ∈ R^{m×n}`` per matrix; Adafactor keeps 
 ``IDiv(G², AB)`` (notes eq. 91–96)::
 
     A_0 ~ Unif(0, ε)^{m×r},  B_0 ~ Unif(0, ε)^{r×n}
-    C_t = G_t² (+ eps_sq)                     (the notes print G_t ∈ R^{m×r}: read R^{m×n}, DESIGN §6)
+    C_t = G_t² (+ eps_sq)                     (the notes print G_t ∈ R^{m×r}: read R^{m×n})
     R   = C_t ⊘ A_{t-1} B_{t-1}               (E-step: the posterior of eq. 93, in ratio form)
     A_t = A_{t-1} ⊙ (R B_{t-1}ᵀ ⊘ 1_nᵀ B_{t-1}ᵀ)          (M-step for A, eq. 95/96)
     B_t = B_{t-1} ⊙ (A_{t-1}ᵀ R ⊘ A_tᵀ 1_m)               (M-step for B given A_t)
@@ -171,7 +171,7 @@ def scale_by_adam_nmf(
 
     References:
       Stratos, *Adaptive Learning Methods*, §5.1, Appendix K (eq. 91–96, footnote 11), K.2
-      (DESIGN §6 shape erratum). Lee & Seung, *Algorithms for non-negative matrix factorization*,
+      (the notes' shape erratum corrected). Lee & Seung, *Algorithms for non-negative matrix factorization*,
       NeurIPS 2001. Meng & Rubin, *Maximum likelihood estimation via the ECM algorithm*,
       Biometrika 1993. Shazeer & Stern, *Adafactor*, ICML 2018.
     """

@@ -11,13 +11,13 @@ and shares only the schedule multiplier ``s_t ∈ [0, 1]``:
           + \lambda_{\max} w_t\bigr),
 
 so the per-step decay ``s_t λ_max`` does not change when ``η_max`` is tuned. The notes print the
-decay as ``- λ_max w_t`` inside the bracket, which would grow the weights; DESIGN §6 records the
-erratum and this module implements the decaying sign above.
+decay as ``- λ_max w_t`` inside the bracket, which would grow the weights: an erratum, and this
+module implements the decaying sign above.
 
 The two forms are the same optimizer under the reparametrisation ``η_t = s_t η_max`` and
 ``λ = λ_max / η_max``: ``adamw_fully_decoupled(learning_rate=η_max, weight_decay=λ_max,
 schedule=s)`` equals ``optax.adamw(learning_rate=lambda c: η_max s(c), weight_decay=λ_max/η_max)``
-step for step (``tests/test_adaptive_decoupled.py`` checks it).
+step for step (normtx's test suite checks it).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def add_decoupled_weight_decay(
     ``optax.scale_by_learning_rate``): ``optax.chain(optax.scale_by_adam(), add_decoupled_weight_
     decay(...))`` is ``adamw_fully_decoupled``, and any other direction (Shampoo, a dualized
     gradient) gets fully decoupled decay the same way. The decay term ``-s_t λ_max w`` does not
-    depend on ``η_max`` (lecture notes §4.3, with the sign erratum of DESIGN §6 fixed).
+    depend on ``η_max`` (lecture notes §4.3, with its sign erratum fixed).
 
     Args:
       learning_rate: ``η_max > 0``, the peak learning rate (a number; not a schedule).
@@ -195,7 +195,7 @@ def adamw_fully_decoupled(
       True
 
     References:
-      Stratos, *Adaptive Learning Methods*, §4.3–4.4 (DESIGN §6 erratum). Wortsman et al., ICLR
+      Stratos, *Adaptive Learning Methods*, §4.3–4.4 (sign erratum fixed). Wortsman et al., ICLR
       2024, §3.2.
     """
     what = "adamw_fully_decoupled"

@@ -12,7 +12,7 @@ general bound (8) gives, for a fixed ``η`` and any comparator ``u`` on the simp
           + \frac{\eta}{2}\sum_t \|g_t\|_\infty^2 \le \frac{\log d}{\eta}
           + \frac{\eta}{2}\sum_t \|g_t\|_\infty^2
 
-from a uniform ``w_1`` (``tests/test_adaptive_exponentiated.py`` checks both on T = 1000 steps).
+from a uniform ``w_1`` (normtx's test suite checks both on T = 1000 steps).
 """
 
 from __future__ import annotations

@@ -104,8 +104,8 @@ def _dot(x: jax.Array, y: jax.Array, *, transpose_y: bool = False) -> jax.Array:
 def _gram_blocks(m: int) -> int:
     """Row blocks for ``X Xᵀ``: the product is symmetric, so of ``k²`` blocks only the
     ``k(k + 1)/2`` on and above the diagonal are multiplied — 3/8 fewer flops for ``k = 4``, in
-    smaller matmuls. Measured on XLA:CPU (2 cores) against one ``X Xᵀ``: 0.51x the time at
-    ``m = 512``, 0.72x at 1024; below 512 the smaller matmuls lose what the flops gain."""
+    smaller matmuls. Below ``m = 512`` the smaller matmuls lose what the flops gain (the
+    threshold and its measurements are in normtx's benchmarks)."""
     return 1 if m < 512 else 4
 
 
@@ -192,8 +192,8 @@ def _iterate_traced(
     return lax.fori_loop(1, steps, body, x)
 
 
-# On CPU, batches of matrices with at least this many entries run as a loop of 2-D iterations
-# (measured: at 16² batched matmuls are 2x faster than the loop, at 32² even, from 64² slower).
+# On CPU, batches of matrices with at least this many entries run as a loop of 2-D iterations:
+# below it XLA:CPU's batched matmuls win, above it its 2-D kernels do.
 _LOOP_MIN_SIZE = 32 * 32
 
 # Gram-space iteration (Amsel et al. 2025, Appendix F, Algorithm 4): restart every 3 steps.
@@ -381,8 +381,8 @@ def _short_side_first(g: jax.Array, one) -> jax.Array:
         and x.shape[-2] * x.shape[-1] >= _LOOP_MIN_SIZE
         and jax.default_backend() == "cpu"
     ):
-        # XLA:CPU's 2-D matmul kernels beat its batched ones (by 1.2-1.3x from 64² to 1024² on
-        # the benchmark machine): on CPU a batch of all but tiny matrices is one loop over them.
+        # XLA:CPU's 2-D matmul kernels beat its batched ones from 64² up: on CPU a batch of all
+        # but tiny matrices is one loop over them.
         batch = x.shape[:-2]
         x = lax.map(one, x.reshape(-1, *x.shape[-2:])).reshape(*batch, *x.shape[-2:])
     else:

@@ -1,4 +1,4 @@
-"""The geometry: norms of leaves and trees, their duals, and their dualization maps (DESIGN §3).
+"""The geometry: norms of leaves and trees, their duals, and their dualization maps.
 
 Every norm has ``norm(x)``, ``dual_norm(g)`` and ``dualize(g) = argmax_{‖t‖<=1} <g, t>``.
 """

@@ -60,7 +60,7 @@ def pnorm(x: jax.Array, p: float, axis: int = -1) -> jax.Array:
 def lmo(x: jax.Array, p: float, axis: int = -1) -> jax.Array:
     """The unit ℓp vector aligned with ``x``: ``argmax_{‖t‖_p <= 1} <x, t>`` over ``axis``.
 
-    ``sign(x)|x|^{q-1} / ‖x‖_q^{q-1}`` (DESIGN §3): ``sign(x)`` at p = inf, ``x/‖x‖₂`` at p = 2, a
+    ``sign(x)|x|^{q-1} / ‖x‖_q^{q-1}``: ``sign(x)`` at p = inf, ``x/‖x‖₂`` at p = 2, a
     signed one-hot at the largest ``|x|`` at p = 1 (ties go to the first index). A zero group maps
     to zero.
     """

@@ -1,4 +1,4 @@
-"""Induced operator norms of a Flax kernel ``K`` (``x -> x K``, shape ``(d_in, d_out)``), DESIGN §3.
+"""Induced operator norms of a Flax kernel ``K`` (``x -> x K``, shape ``(d_in, d_out)``).
 
 =================  =========================  =====================  ==============================
 norm               ‖K‖                        dual ‖G‖†              dualize(G)

@@ -1,4 +1,4 @@
-"""Vector norms: the whole leaf (or each slice along ``batch_axes``) is one vector (DESIGN §3).
+"""Vector norms: the whole leaf (or each slice along ``batch_axes``) is one vector.
 
 ======================  ===============  ===========  =======================  ==================
 norm                    ‖x‖              dual ‖g‖†    dualize(g)               optimizer

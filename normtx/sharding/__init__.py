@@ -31,7 +31,7 @@ group (the ``I`` of a conv kernel ``HWIO``) are gathered along that axis first, 
 replicated over some mesh axis gets its result replicated there too (a gather of its own shard).
 Under ``Auto`` axes the layouts are unknown at trace time: the stack is constrained to the owner
 layout and XLA's partitioner moves the data as it sees fit (with jax 0.10 on CPU it gathered some
-stacks whole on every device, ``benchmarks/README.md``): prefer explicit axes. Params not placed
+stacks whole on every device): prefer explicit axes. Params not placed
 on the mesh (host arrays, or arrays on one device, with no ``jax.set_mesh``) take that path too,
 the mesh's axes used as Auto axes; place them (``jax.device_put(params, shardings)``) for the
 explicit path.

@@ -201,6 +201,69 @@ def test_modular_descent_escape_velocity_grows_the_step():
     )
 
 
+def _hidden_stack_tree(seed):
+    """Two same-shape hidden kernels, a head and biases: stacks of Newton–Schulz programs."""
+    rng = np.random.default_rng(seed)
+    shapes = {"Dense_0": (8, 8), "Dense_1": (8, 8), "Dense_2": (8, 16), "head": (16, 5)}
+    return {
+        k: {"kernel": rng.standard_normal(s) / math.sqrt(s[0]), "bias": rng.standard_normal(s[1])}
+        for k, s in shapes.items()
+    }
+
+
+@pytest.mark.parametrize("step", ["unit", "dual_norm"])
+def test_modular_descent_escape_velocity_is_the_composition_of_its_parts(step):
+    """``modular_descent(escape_velocity=True)`` measures the raw gradient's dual norms inside the
+    partition's own polar-factor programs; the oracle is the same optimizer written from public
+    parts, where ``escape_velocity_lr`` computes those dual norms on its own (a second set of
+    Newton–Schulz programs). Same η trajectory and weights over 25 noisy steps: the fused path
+    computes every polar factor with the same per-matrix operations, so only float32 rounding of
+    the sums may differ."""
+    params = _f32(_hidden_stack_tree(0))
+    fused = modular_descent(1.0, momentum=0.9, escape_velocity=True, weight_decay=0.01, step=step)
+    is_matrix = lambda p: jax.tree.map(lambda r: r.is_matrix, normtx.roles.infer(p))  # noqa: E731
+    parts = optax.chain(
+        normtx.escape_velocity_lr(
+            optax.chain(
+                optax.trace(decay=0.9),
+                optax.scale(0.1),
+                normtx.modular_norm_partition(step=step),
+                optax.add_decayed_weights(0.01, is_matrix),
+            ),
+            norm=normtx.modular_norm(),
+        ),
+        optax.scale_by_learning_rate(1.0),
+    )
+    states = [fused.init(params), parts.init(params)]
+    ps = [params, params]
+    updates = [jax.jit(fused.update), jax.jit(parts.update)]
+    for t in range(25):
+        g = _f32(jax.tree.map(lambda x, t=t: x + 0.3 * t, _hidden_stack_tree(100 + t)))
+        for i in range(2):
+            u, states[i] = updates[i](g, states[i], ps[i])
+            ps[i] = optax.apply_updates(ps[i], u)
+        etas = [float(optax.tree_utils.tree_get(st, "eta")) for st in states]
+        np.testing.assert_allclose(etas[0], etas[1], rtol=1e-5)
+    assert etas[0] > 1e-4  # the step size did grow from 1e-6: the comparison saw the rule act
+    chex.assert_trees_all_close(ps[0], ps[1], rtol=1e-5, atol=1e-6)
+
+
+def test_escape_velocity_adds_no_newton_schulz_program_to_modular_descent():
+    """The gradient's nuclear norms (the rule's dual norm) are computed in the same stacked
+    programs as the momentum's polar factors: one Newton–Schulz program per matrix shape, with
+    escape velocity or without."""
+    params = _f32(_hidden_stack_tree(0))
+
+    def programs(tx):
+        state = tx.init(params)
+        jaxpr = jax.make_jaxpr(tx.update)(params, state, params)
+        return str(jaxpr).count("name=_newton_schulz")
+
+    plain = programs(modular_descent(0.1, momentum=0.9))
+    assert plain == 3  # (8, 8) x 2 stacked; (8, 16); (16, 5)
+    assert programs(modular_descent(1.0, momentum=0.9, escape_velocity=True)) == plain
+
+
 @pytest.mark.parametrize("constrained", [True, False])
 def test_scion_updates(constrained):
     grads = [_mlp_tree(s) for s in range(3)]

@@ -70,6 +70,8 @@ _DEFAULT_MODULAR = {
     "head": {"kernel": True, "bias": False},
 }
 _FULL = {"Dense_0": {"kernel": True, "bias": True}, "head": {"kernel": True, "bias": True}}
+_POLAR = {"Dense_0": {"kernel": True, "bias": False}, "head": {"kernel": False, "bias": False}}
+_NONE = {"Dense_0": {"kernel": False, "bias": False}, "head": {"kernel": False, "bias": False}}
 _MASK_FULL = {"Dense_0": {"kernel": True, "bias": False}, "head": {"kernel": True, "bias": True}}
 
 
@@ -82,12 +84,19 @@ _MASK_FULL = {"Dense_0": {"kernel": True, "bias": False}, "head": {"kernel": Tru
         ("spectral_descent", _MASK, _MASK_FULL),
         ("modular_descent", None, _DEFAULT_MODULAR),  # its default: the matrix roles
         ("modular_descent", _MASK, _MASK_FULL),  # a given mask replaces the default
+        # Muon's family: weight_decay is the orthogonalized leaves' (Dense_0/kernel; the head and
+        # the biases take Adam's, adam_weight_decay = 0 here), masked as optax.contrib.muon masks.
+        ("muon", None, _POLAR),
+        ("muon", {"Dense_0": False, "head": True}, _NONE),
+        ("normuon", _CALLABLE, _POLAR),
+        ("adamuon", {"Dense_0": {"kernel": False, "bias": True}, "head": True}, _NONE),
     ],
 )
 def test_weight_decay_mask_decays_exactly_where_it_says(name, mask, applied):
     params, lr, lam = _params(), 0.1, 0.3
     factory = getattr(optimizers, name)
-    kw = dict(momentum=0.5, weight_decay_mask=mask)
+    kw = dict(weight_decay_mask=mask)
+    kw[("beta" if "muon" in name else "momentum")] = 0.5
     decayed, _ = _run(factory(lr, weight_decay=lam, **kw), params, 2)
     plain, _ = _run(factory(lr, **kw), params, 2)
     for u_wd, u in zip(decayed, plain, strict=True):
@@ -98,22 +107,46 @@ def test_weight_decay_mask_decays_exactly_where_it_says(name, mask, applied):
         chex.assert_trees_all_close(got, want, atol=1e-6)
 
 
+def test_prodigy_weight_decay_mask():
+    """At fixed weights η stays η_0 (``<g, w_0 - w> = 0``), so the decayed update minus the
+    undecayed one is ``-lr η_0 bc_t λ w`` where the mask is True, ``bc_t = √(1-β₂^t)/(1-β₁^t)``."""
+    params, lr, lam, (b1, b2) = _params(), 0.5, 0.3, (0.9, 0.999)
+    kw = dict(estim_lr0=1.0, betas=(b1, b2), weight_decay_mask=_MASK)
+    decayed, _ = _run(optimizers.prodigy(lr, weight_decay=lam, **kw), params, 3)
+    plain, _ = _run(optimizers.prodigy(lr, **kw), params, 3)
+    for t, (u_wd, u) in enumerate(zip(decayed, plain, strict=True), start=1):
+        bc = np.sqrt(1 - b2**t) / (1 - b1**t)
+        want = jax.tree.map(
+            lambda on, w, bc=bc: -lr * bc * lam * np.asarray(w, np.float64) * on, _MASK_FULL, params
+        )
+        got = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b), u_wd, u)
+        chex.assert_trees_all_close(got, want, atol=1e-6)
+
+
 # ---- mu_dtype ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "name", ["sign_descent", "normalized_sgd", "spectral_descent", "modular_descent", "scion"]
+    "name",
+    [
+        "sign_descent",
+        "normalized_sgd",
+        "spectral_descent",
+        "modular_descent",
+        "scion",
+        "muon",
+        "normuon",
+        "adamuon",
+    ],
 )
 def test_mu_dtype_stores_the_momentum_in_that_dtype(name):
     params = _params()
-    _, state = _run(getattr(optimizers, name)(0.1, momentum=0.9, mu_dtype=jnp.bfloat16), params, 1)
-    buffers = [
-        x
-        for x in jax.tree.leaves(state)
-        if jnp.shape(x) in {(4, 6), (6,), (6, 3), (3,)} and jnp.issubdtype(x.dtype, jnp.floating)
-    ]
-    assert buffers
-    assert {x.dtype for x in buffers} == {jnp.dtype(jnp.bfloat16)}
+    beta = {("beta" if "muon" in name else "momentum"): 0.9}
+    _, state = _run(getattr(optimizers, name)(0.1, mu_dtype=jnp.bfloat16, **beta), params, 1)
+    # One momentum buffer for Dense_0/kernel (a hidden kernel: Muon's polar leaf in its family),
+    # in bfloat16; second moments (AdaMuon's V, Adam's ν) keep their float32.
+    buffers = [x.dtype for x in jax.tree.leaves(state) if jnp.shape(x) == (4, 6)]
+    assert buffers.count(jnp.dtype(jnp.bfloat16)) == 1
 
 
 def test_mu_dtype_update_is_the_recursion_rounded_to_that_dtype():

@@ -29,13 +29,13 @@ from typing import Any
 import jax
 import optax
 from jax.sharding import Mesh
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from normtx._validation import check_positive, check_probability
 from normtx.geometry import Geometry, HeadSpec, LabelSpec, RoleModular
 from normtx.linalg.ns_coefficients import NsSchedule
 from normtx.norms import spectral
-from normtx.optimizers._chains import check_common, ema_momentum, role_mask
+from normtx.optimizers._chains import check_common, check_mu_dtype, ema_momentum, role_mask
 from normtx.optimizers.muon import POLAR_ROLES, adamw_split, polar_function, polar_geometry
 from normtx.transforms.modular import modular_step
 from normtx.transforms.neuron_norm import scale_by_neuron_rms, scale_to_rms
@@ -83,6 +83,8 @@ def _adaptive_muon(
     ns_coefficients,
     ns_steps,
     weight_decay,
+    weight_decay_mask,
+    mu_dtype,
     adam_learning_rate,
     adam_b1,
     adam_b2,
@@ -103,6 +105,7 @@ def _adaptive_muon(
     # AdaMuon's optax.scale_by_rms divides by √V + ε: 0/0 for a zero entry without ε.
     check_positive("eps", eps, what, allow_zero=not sign)
     check_positive("rms", rms, what)
+    check_mu_dtype(mu_dtype, what)
     # U Vᵀ itself on the polar roles ('spectral'): the RMS alignment sets the scale.
     geometry = polar_geometry(
         spectral(polar=polar_function(ns_coefficients, ns_steps, what)),
@@ -113,7 +116,7 @@ def _adaptive_muon(
         heads_as_batch=heads_as_batch,
         what=what,
     )
-    momentum = ema_momentum(beta, nesterov)
+    momentum = ema_momentum(beta, nesterov, mu_dtype=mu_dtype)
     return adamw_split(
         geometry,
         what,
@@ -129,6 +132,8 @@ def _adaptive_muon(
         ),
         learning_rate=learning_rate,
         weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        mu_dtype=mu_dtype,
         adam_learning_rate=adam_learning_rate,
         adam_b1=adam_b1,
         adam_b2=adam_b2,
@@ -148,6 +153,8 @@ def normuon(
     ns_coefficients: NsSchedule | ArrayLike = "muon",
     ns_steps: int = 5,
     weight_decay: ArrayLike = 0.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
     adam_learning_rate: ArrayLike | optax.Schedule | None = None,
     adam_b1: ArrayLike = 0.9,
     adam_b2: ArrayLike = 0.999,
@@ -190,6 +197,8 @@ def normuon(
       ns_steps: Newton–Schulz steps; under ``optax.inject_hyperparams`` it and
         ``ns_coefficients`` are read at run time, as in ``muon``.
       weight_decay: ``λ >= 0``, decoupled weight decay of the orthogonalized leaves.
+      weight_decay_mask, mu_dtype: as in ``muon`` (where ``weight_decay`` applies, in optax's
+        convention; the dtype of the momentum buffers and of Adam's first moment).
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's
         hyperparameters for the other leaves (``adam_learning_rate`` defaults to
         ``learning_rate``).
@@ -238,6 +247,8 @@ def adamuon(
     ns_coefficients: NsSchedule | ArrayLike = "muon",
     ns_steps: int = 5,
     weight_decay: ArrayLike = 0.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: DTypeLike | None = None,
     adam_learning_rate: ArrayLike | optax.Schedule | None = None,
     adam_b1: ArrayLike = 0.9,
     adam_b2: ArrayLike = 0.999,
@@ -277,7 +288,7 @@ def adamuon(
       eps: ``ε > 0`` added to ``√V``.
       rms: ``ρ > 0``, the RMS of each matrix's direction (the paper's 0.2).
       nesterov: Nesterov momentum (the official code's default).
-      ns_coefficients, ns_steps, weight_decay: as in ``normuon``.
+      ns_coefficients, ns_steps, weight_decay, weight_decay_mask, mu_dtype: as in ``normuon``.
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: as in ``normuon``.
       roles, head, labels, heads_as_batch, mesh: as in ``normuon``.
 

@@ -12,10 +12,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from normtx._numerics import safe_div, to_compute
+from normtx._pytree import broadcast_to_leaves
 from normtx._validation import check_positive, value_at
 from normtx.norms.vector import linf
 from normtx.transforms.escape_velocity import (
@@ -48,6 +50,7 @@ def prodigy(
     bias_correction: bool = True,
     max_growth: ArrayLike | None = None,
     state_dtype: Any = None,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformation:
     r"""Prodigy: Adam whose step size warms up to the escape velocity (anthology eqs. 22–27).
 
@@ -91,6 +94,8 @@ def prodigy(
       state_dtype: dtype of ``w_0``, ``s_t``, ``m_t`` and ``v_t``; default each parameter's,
         except that ``s_t``, ``m_t``, ``v_t`` of a float16 parameter are float32: their terms
         ``η_t g``, ``η_t² g²`` underflow float16 (``η_0² = 1e-12``). float16 itself is refused.
+      weight_decay_mask: where ``weight_decay`` applies, optax's convention: ``None`` (every
+        leaf), a pytree of bools (or a prefix of one) or a callable ``params -> such a pytree``.
 
     Returns:
       An ``optax.GradientTransformation``: ``update`` needs ``params``.
@@ -117,6 +122,7 @@ def prodigy(
             bias_correction=bias_correction,
             max_growth=max_growth,
             state_dtype=state_dtype,
+            weight_decay_mask=weight_decay_mask,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -135,6 +141,7 @@ def prodigy_step(
     bias_correction: bool,
     max_growth: ArrayLike | None,
     state_dtype: Any,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformation:
     """Prodigy's step before the learning rate (eqs. 22–27); ``optimizers.prodigy`` documents it.
 
@@ -187,19 +194,32 @@ def prodigy_step(
         eta = step.eta
         bc = correction(step.count, eta.dtype)
 
-        def leaf(g, m, v, p):
+        def leaf(g, m, v, p, decay):
             dg = eta * to_compute(g)  # η_t g_t: η sits inside both moments (eqs. 22-23)
             m = b1 * to_compute(m) + (1 - b1) * dg
             v = b2 * to_compute(v) + (1 - b2) * dg * dg
             # ε is scaled by the *updated* estimate η_{t+1}, as in Prodigy's code (PyTorch, optax).
-            d = safe_div(m, jnp.sqrt(v) + step.next_eta * eps) + weight_decay * to_compute(p)
+            d = safe_div(m, jnp.sqrt(v) + step.next_eta * eps)
+            if decay:
+                d = d + weight_decay * to_compute(p)
             return bc * d, m, v
 
         # Leaf by leaf over flat lists: the params' own tuples (and optax.MaskedNode, an empty
         # tuple) are tree nodes, never confused with this function's (d, m, v) results.
         flat_u, treedef = jax.tree_util.tree_flatten(updates)
         fields = [treedef.flatten_up_to(t) for t in (state.mu, state.nu, params)]
-        out = [leaf(*xs) for xs in zip(flat_u, *fields, strict=True)]
+        mask = weight_decay_mask(params) if callable(weight_decay_mask) else weight_decay_mask
+        decays = [
+            True if on is None else bool(on)
+            for _, _, on in broadcast_to_leaves(
+                mask,
+                params,
+                is_value=lambda x: isinstance(x, (bool, np.bool_)),
+                what=what,
+                expected="True or False",
+            )
+        ]
+        out = [leaf(*xs) for xs in zip(flat_u, *fields, decays, strict=True)]
 
         def part(i, like):
             return treedef.unflatten([o[i].astype(x.dtype) for o, x in zip(out, like, strict=True)])

@@ -4,15 +4,24 @@ Every run trains the same transformer (``benchmarks.tasks.charlm``) from the sam
 the same batches for the same number of steps (``benchmarks.tasks.train``); learning rates follow
 one shape (cosine decay to a tenth, ``benchmarks.tasks.optimizers.schedule``). Rows:
 
-- best of sweep: ``optax.adamw`` (6-point LR sweep), ``optax.contrib.muon`` (Adam part at AdamW's
-  best LR), normtx ``modular_descent``, ``sign_descent``, ``spectral_descent``, and the adaptive
-  family's Shampoo and AdamNMF (``normtx.adaptive``);
+- best of sweep: ``optax.adamw`` (6-point LR sweep), ``optax.contrib.muon``, normtx ``muon`` and
+  ``normuon`` (their Adam parts at AdamW's best LR), ``soap``, ``modular_descent``,
+  ``sign_descent``, ``spectral_descent``, and the adaptive family's Shampoo and AdamNMF
+  (``normtx.adaptive``);
 - untuned: ``optax.contrib.prodigy`` (lr 1) and normtx ``modular_descent`` with
   ``escape_velocity=True`` (lr 1).
 
 The untuned rows and the AdamW best are repeated over several seeds (``seeds``: mean and spread).
-The target: modular + escape velocity *untuned* ends at a validation loss <= the best of the AdamW
-sweep. Prints the table, writes ``benchmarks/results/train.json`` and ``train.png``.
+
+Besides the final validation loss, every row reports its *steps to target*: the target is the
+AdamW best's final validation loss (seed 0), and a row's steps to target is the step at which its
+seed-0 validation loss first falls to the target, linearly interpolated between the two evaluations
+(every ``eval_every`` steps) around the crossing (``None``: not reached); ``steps_vs_adamw`` divides
+it by AdamW's own (its last step, unless it got there earlier).
+
+Targets: modular + escape velocity *untuned* ends at a validation loss <= the best of the AdamW
+sweep; NorMuon and SOAP each reach the AdamW best's final loss in <= 0.8x AdamW's steps. Prints the
+table, writes ``benchmarks/results/train.json`` and ``train.png``.
 
     python -m benchmarks.bench_train [--quick] [--out DIR]
 """
@@ -27,16 +36,28 @@ from benchmarks.tasks import charlm
 from benchmarks.tasks import optimizers as opt
 from benchmarks.tasks import train as tr
 
+ADAMW = "optax.adamw"
+NORMTX_MUON = "normtx muon"
+NORMUON = "normtx NorMuon"
+SOAP = "normtx SOAP"
+UNTUNED = "normtx modular_descent + escape velocity"
+# Rows whose update is not linear in the swept ``lr`` (their Adam part keeps AdamW's best LR).
+NONLINEAR = ("optax.contrib.muon", NORMTX_MUON, NORMUON)
+STEPS_RATIO = 0.8  # NorMuon's and SOAP's target: steps to AdamW's final loss <= 0.8x AdamW's
+
 FULL = {
     "model": charlm.Config(depth=2, width=64, heads=2, context=64),
     "steps": 300,
     "batch_size": 16,
-    "eval_every": 50,
+    "eval_every": 25,
     "eval_windows": 128,
     "seeds": (0, 1),
     "lrs": {
         "optax.adamw": (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2),
         "optax.contrib.muon": (0.01, 0.02, 0.04),
+        NORMTX_MUON: (0.01, 0.02, 0.04),
+        NORMUON: (0.005, 0.01, 0.02, 0.04),
+        SOAP: (1e-3, 2e-3, 4e-3, 8e-3),
         "normtx modular_descent": (0.015, 0.03, 0.06),
         "normtx sign_descent": (1e-3, 3e-3),
         "normtx spectral_descent": (0.01, 0.03),
@@ -54,6 +75,9 @@ QUICK = {
     "lrs": {
         "optax.adamw": (4e-3,),
         "optax.contrib.muon": (0.02,),
+        NORMTX_MUON: (0.02,),
+        NORMUON: (0.01,),
+        SOAP: (4e-3,),
         "normtx modular_descent": (0.04,),
         "normtx sign_descent": (3e-3,),
         "normtx spectral_descent": (0.03,),
@@ -61,8 +85,6 @@ QUICK = {
         "normtx.adaptive AdamNMF": (3e-3,),
     },
 }
-ADAMW = "optax.adamw"
-UNTUNED = "normtx modular_descent + escape velocity"
 
 
 def swept(steps: int, adamw_lr: float) -> dict:
@@ -70,6 +92,9 @@ def swept(steps: int, adamw_lr: float) -> dict:
     return {
         ADAMW: lambda lr: opt.adamw(lr, steps),
         "optax.contrib.muon": lambda lr: opt.muon(lr, steps, adam_lr=adamw_lr),
+        NORMTX_MUON: lambda lr: opt.normtx_muon(lr, steps, adam_lr=adamw_lr),
+        NORMUON: lambda lr: opt.normuon(lr, steps, adam_lr=adamw_lr),
+        SOAP: lambda lr: opt.soap(lr, steps),
         "normtx modular_descent": lambda lr: opt.modular(lr, steps),
         "normtx sign_descent": lambda lr: opt.sign(lr, steps),
         "normtx spectral_descent": lambda lr: opt.spectral(lr, steps),
@@ -84,6 +109,20 @@ def untuned(steps: int) -> dict:
         "optax.contrib.prodigy": lambda: opt.prodigy(steps),
         UNTUNED: lambda: opt.modular_ev(steps),
     }
+
+
+def steps_to_target(run: tr.Run, target: float) -> tuple[float | None, int | None]:
+    """``(interpolated, evaluated)``: the step at which ``run``'s validation loss first reaches
+    ``target``, linearly interpolated between the evaluations around the crossing, and the first
+    evaluated step at or below it; ``(None, None)`` if it never does."""
+    losses = run.val["loss"][: len(run.steps)]
+    for i, (t, y) in enumerate(zip(run.steps, losses)):
+        if y <= target:
+            if i == 0:
+                return float(t), t
+            t0, y0 = run.steps[i - 1], losses[i - 1]
+            return t0 + (t - t0) * (y0 - target) / (y0 - y), t
+    return None, None
 
 
 def _row(label: str, tuning: str, lr: float, runs: Sequence[tr.Run]) -> dict:
@@ -115,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name in s["lrs"]:
         lrs = s["lrs"][name]
         make = swept(steps, adamw_lr)[name]
-        # Muon's Adam part keeps its own learning rate: its update is not linear in ``lr``.
-        linear = name != "optax.contrib.muon"
-        runs = tr.sweep(task, make, lrs, name=name, linear=linear, **kw)
+        runs = tr.sweep(task, make, lrs, name=name, linear=name not in NONLINEAR, **kw)
         i = tr.best(runs)
         sweeps[name] = [
             {"lr": lr, "val_loss": tr.finite_or_none(r.final_val_loss), "diverged": r.diverged}
@@ -138,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     by = {r["optimizer"]: r for r in rows}
     ev, adamw = by[UNTUNED], by[ADAMW]
+    # Steps to the AdamW best's final loss (seed 0), for every row's seed-0 curve.
+    adamw_steps = steps_to_target(curves[rows.index(adamw)], adamw["val_loss"])[0]
+    for row, run in zip(rows, curves):
+        row["steps_to_target"], row["eval_step_at_target"] = steps_to_target(run, adamw["val_loss"])
+        row["steps_vs_adamw"] = (
+            None if row["steps_to_target"] is None else row["steps_to_target"] / adamw_steps
+        )
     target = {
         "claim": f"{UNTUNED}, untuned: final val loss <= best of the AdamW sweep",
         "normtx_untuned": ev["val_loss"],
@@ -148,9 +192,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "met_on_mean": ev["val_loss_mean"] is not None
         and ev["val_loss_mean"] <= adamw["val_loss_mean"],
     }
+    targets = {
+        f"{key}_steps_vs_adamw<={STEPS_RATIO}": {
+            "optimizer": name,
+            "steps_to_target": by[name]["steps_to_target"],
+            "adamw_steps": adamw_steps,
+            "steps_vs_adamw": by[name]["steps_vs_adamw"],
+            "met": by[name]["steps_vs_adamw"] is not None
+            and by[name]["steps_vs_adamw"] <= STEPS_RATIO,
+        }
+        for key, name in (("normuon", NORMUON), ("soap", SOAP))
+    }
     print(f"\nchar-LM {s['model']}, {steps} steps, batch {s['batch_size']}\n")
     print(format_table(rows))
     print(f"\ntarget met: {target['met']} (seed 0), {target['met_on_mean']} (mean over seeds)")
+    for key, t in targets.items():
+        print(f"target {key}: {t['met']} (steps_vs_adamw {t['steps_vs_adamw']})")
     payload = {
         "settings": {k: v for k, v in s.items() if k != "model"},  # model: in task
         "task": task.info,
@@ -158,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "sweeps": sweeps,
         "curves": [r.to_json() for r in curves],
         "target": target,
+        "targets": targets,
     }
     write_json(args.out, "train", payload)
     tr.plot_runs(curves, args.out / "train.png", title=f"char-LM, {steps} steps (seed 0)")

@@ -48,12 +48,42 @@ def test_bench_train_quick(tmp_path):
     payload = _load(tmp_path, "train")
     rows = {r["optimizer"]: r for r in payload["rows"]}
     assert {"optax.adamw", "optax.contrib.muon", "optax.contrib.prodigy"} <= set(rows)
+    assert {bench_train.NORMTX_MUON, bench_train.NORMUON, bench_train.SOAP} <= set(rows)
     assert any("escape velocity" in name for name in rows)
+    # Steps to the AdamW best's final loss: AdamW reaches it by its last step, its ratio is 1.
+    adamw = rows["optax.adamw"]
+    assert 0 < adamw["steps_to_target"] <= payload["settings"]["steps"]
+    assert adamw["steps_vs_adamw"] == pytest.approx(1.0)
+    for r in rows.values():
+        if r["steps_to_target"] is None:
+            assert r["steps_vs_adamw"] is None
+            assert r["eval_step_at_target"] is None
+        else:
+            assert r["steps_to_target"] <= r["eval_step_at_target"]
+            assert r["steps_vs_adamw"] == pytest.approx(
+                r["steps_to_target"] / adamw["steps_to_target"]
+            )
+    assert set(payload["targets"]) == {"normuon_steps_vs_adamw<=0.8", "soap_steps_vs_adamw<=0.8"}
     assert payload["task"]["corpus_sha256"] == payload["task"]["corpus_sha256"].lower()
     assert len(payload["task"]["corpus_sha256"]) == 64
     assert set(payload["target"]) >= {"met", "adamw_best", "normtx_untuned"}
     for curve in payload["curves"]:
         assert len(curve["steps"]) == len(curve["val"]["loss"]) == len(curve["wall_s"])
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (2.5, (37.5, 50)),  # between the evaluations at 25 (3.0) and 50 (2.0): 25 + 25 * 0.5
+        (2.0, (50.0, 50)),  # reached exactly at an evaluation
+        (1.5, (75.0, 75)),  # the last evaluation
+        (4.0, (0.0, 0)),  # the initial loss already meets it
+        (1.0, (None, None)),  # never reached
+    ],
+)
+def test_steps_to_target_interpolates_the_first_crossing(target, expected):
+    run = types.SimpleNamespace(steps=[0, 25, 50, 75], val={"loss": [4.0, 3.0, 2.0, 1.5]})
+    assert bench_train.steps_to_target(run, target) == expected
 
 
 @pytest.mark.slow

@@ -10,6 +10,10 @@ peak (1 for the step-size estimators, whose peak is a multiplier).
   ``normtx.roles.infer``), Adam at ``adam_lr`` on everything else — the Muon recipe of
   Jordan et al. (embeddings, head, gains and biases are not orthogonalised).
 - ``normtx_muon``: ``normtx.optimizers.muon``, the same recipe from normtx's parts.
+- ``normuon``: ``normtx.optimizers.normuon`` (Muon with a per-neuron second moment of its polar
+  factor, Li et al. 2025), AdamW at ``adam_lr`` on the other leaves.
+- ``soap``: ``normtx.optimizers.soap`` (Adam in Shampoo's eigenbasis, Vyas et al. 2024) with its
+  reference code's defaults.
 - ``prodigy``: ``optax.contrib.prodigy`` with learning rate 1 (no tuning).
 - ``modular``: ``normtx.optimizers.modular_descent`` — steepest descent under the role-based
   modular norm (anthology Prop. 7) with momentum, at a global learning rate; Newton–Schulz
@@ -40,10 +44,12 @@ __all__ = [
     "muon",
     "muon_dimension_numbers",
     "normtx_muon",
+    "normuon",
     "prodigy",
     "schedule",
     "shampoo",
     "sign",
+    "soap",
     "spectral",
 ]
 
@@ -87,6 +93,20 @@ def normtx_muon(lr: float, steps: int, *, adam_lr: float) -> optax.GradientTrans
     """``normtx.optimizers.muon``: Muon on the hidden kernels (found by ``normtx.roles``), AdamW
     at ``adam_lr`` on the other leaves."""
     return normtx.optimizers.muon(schedule(lr, steps), adam_learning_rate=schedule(adam_lr, steps))
+
+
+def normuon(lr: float, steps: int, *, adam_lr: float) -> optax.GradientTransformation:
+    """``normtx.optimizers.normuon``: NorMuon on the hidden kernels (found by ``normtx.roles``;
+    its step has RMS ``0.2 lr``, as AdamW's roughly), AdamW at ``adam_lr`` on the other leaves."""
+    return normtx.optimizers.normuon(
+        schedule(lr, steps), adam_learning_rate=schedule(adam_lr, steps)
+    )
+
+
+def soap(lr: float, steps: int) -> optax.GradientTransformation:
+    """``normtx.optimizers.soap`` on every leaf, its defaults (β 0.95/0.95, weight decay 0.01,
+    eigenbases refreshed every 10 steps)."""
+    return normtx.optimizers.soap(schedule(lr, steps))
 
 
 def prodigy(steps: int) -> optax.GradientTransformation:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import pathlib
 import re
+
+import normtx
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -142,3 +145,82 @@ def test_references_cite_papers_not_local_files():
     assert "[arXiv:2409.20325](https://arxiv.org/abs/2409.20325)" in references
     assert "*Old Optimizer, New Norm: An Anthology*" in references
     assert "*Adaptive Learning Methods*" in references
+
+
+# --- The optimizers' claims: each names what a test checks --------------------------------------
+
+
+def test_muon_parity_settings_are_the_tested_ones():
+    """The README's recipe for optax.contrib.muon is the one tests/test_optimizers_muon.py runs
+    (50 steps of a Flax transformer, and each knob against optax)."""
+    import test_optimizers_muon
+
+    row = next(line for line in README.read_text().splitlines() if line.startswith("| `muon("))
+    recipe = re.search(
+        r"`muon\(lr, ([^)]*)\)` is `optax\.contrib\.muon\(lr, muon_weight_dimension_numbers="
+        r"normtx\.roles\.muon_dimension_numbers\(params\)\)`",
+        row,
+    )
+    assert recipe, row
+    assert eval(f"dict({recipe.group(1)})") == test_optimizers_muon.AS_OPTAX
+    for knob in ("consistent_rms", "adaptive", "normalization"):
+        assert knob in row
+        assert knob in inspect.signature(normtx.optimizers.muon).parameters
+
+
+def test_inject_hyperparams_without_static_args_as_written():
+    """The README's call, as written; tests/test_hyperparams.py checks every optimizer so."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    section = " ".join(_section("Optimizers").split())
+    code = re.search(r"with no `static_args`: `([^`]+)`", section).group(1)
+    tx = eval(code, {"optax": optax, "normtx": normtx})
+    params = {"Dense_0": {"kernel": jnp.ones((4, 6)), "bias": jnp.zeros(6)}}
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(params, state, params)
+    assert "ns_steps" in state.hyperparams  # injected, and read at run time
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_weight_decay_mask_mu_dtype_frozen_and_step_claims():
+    section = " ".join(_section("Optimizers").split())
+    assert "`weight_decay_mask`" in section
+    assert "`mu_dtype`" in section
+    for name in normtx.optimizers.__all__:
+        factory = getattr(normtx.optimizers, name)
+        if not inspect.isfunction(factory):
+            continue
+        params = inspect.signature(factory).parameters
+        if "weight_decay" in params:
+            assert ("mask" if name == "soap" else "weight_decay_mask") in params, name
+        if name in {"sign_descent", "normalized_sgd", "spectral_descent", "modular_descent"} | {
+            "scion",
+            "muon",
+            "normuon",
+            "adamuon",
+        }:
+            assert "mu_dtype" in params, name
+    assert "(`labels={'embed': 'frozen'}`)" in section
+    assert normtx.roles.FROZEN == "frozen"
+    steps = re.search(
+        r"`modular_descent` takes the unit step \(`step='(\w+)'`\) by default and "
+        r"`modular_norm_partition` the Prop\. 7 step \(`step='(\w+)'`\)",
+        section,
+    )
+    assert steps
+    defaults = (
+        inspect.signature(normtx.optimizers.modular_descent).parameters["step"].default,
+        inspect.signature(normtx.modular_norm_partition).parameters["step"].default,
+    )
+    assert steps.groups() == defaults
+
+
+def test_roles_export_claims():
+    text = README.read_text()
+    start = text.index("\n### Roles: the modular norm of a whole network\n")
+    section = " ".join(text[start : text.index("\n## ", start)].split())
+    for name in ("optax_labels", "muon_dimension_numbers"):
+        assert f"`normtx.roles.{name}(params)`" in section
+        assert name in normtx.roles.__all__

@@ -37,13 +37,8 @@ LITERAL_EXAMPLES = {
     "normtx.modular_norm",
     "normtx.modular_norm_partition",
     "normtx.norms.Modular",
-    "normtx.optimizers.modular_descent",
     "normtx.optimizers.muon",
-    "normtx.optimizers.normalized_sgd",
     "normtx.optimizers.prodigy",
-    "normtx.optimizers.scion",
-    "normtx.optimizers.sign_descent",
-    "normtx.optimizers.spectral_descent",
     "normtx.roles.describe",
     "normtx.roles.infer",
 }

@@ -74,9 +74,22 @@ def sign_descent(
     Returns:
       An ``optax.GradientTransformation``.
 
-    Example::
+    Example:
+      The first step is ``-lr · sign(g)`` (the momentum ``0.1 g`` has the signs of ``g``); with
+      ``step='dual_norm'`` (λ = 1) it is ``-lr · ‖g‖₁ · sign(g)``, ``‖g‖₁ = 7.4``.
 
-      tx = normtx.optimizers.sign_descent(1e-3, momentum=0.9)
+      >>> tx = normtx.optimizers.sign_descent(0.1, momentum=0.9)
+      >>> params = {"w": jnp.zeros((2, 2), jnp.float32)}
+      >>> grads = {"w": jnp.array([[0.3, -2.0], [5.0, -0.1]], jnp.float32)}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(updates["w"])
+      [[-0.1  0.1]
+       [-0.1  0.1]]
+      >>> tx = normtx.optimizers.sign_descent(0.1, step="dual_norm")
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["w"], np.float64), 4))
+      [[-0.74  0.74]
+       [-0.74  0.74]]
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1–3 (2024).
@@ -105,9 +118,19 @@ def normalized_sgd(
     Returns:
       An ``optax.GradientTransformation``.
 
-    Example::
+    Example:
+      Each leaf steps by ``lr`` along ``-g_l/‖g_l‖₂``: ``‖w‖₂ = 2``, ``‖b‖₂ = 5``.
 
-      tx = normtx.optimizers.normalized_sgd(0.05, momentum=0.9)
+      >>> tx = normtx.optimizers.normalized_sgd(0.1, momentum=0.9)
+      >>> params = {"w": jnp.zeros((2, 2), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+      >>> grads = {"w": jnp.array([[1.0, 1.0], [-1.0, 1.0]], jnp.float32),
+      ...          "b": jnp.array([3.0, -4.0], jnp.float32)}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["w"], np.float64), 4))
+      [[-0.05 -0.05]
+       [ 0.05 -0.05]]
+      >>> print(np.round(np.asarray(updates["b"], np.float64), 4))
+      [-0.06  0.08]
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1 and 7 (2024).
@@ -172,9 +195,21 @@ def spectral_descent(
     Returns:
       An ``optax.GradientTransformation``.
 
-    Example::
+    Example:
+      ``G = Q diag(2, 1)`` with ``Q = [[0.6, 0.8], [-0.8, 0.6]]`` orthogonal, so ``U Vᵀ = Q`` and
+      the kernel's step is ``-lr · Q``; the bias's is ``-lr · b/‖b‖₂``. ``polar='svd'`` makes the
+      polar factor exact (the default Newton–Schulz approximates it).
 
-      tx = normtx.optimizers.spectral_descent(0.02, momentum=0.9)
+      >>> tx = normtx.optimizers.spectral_descent(0.1, momentum=0.9, polar="svd")
+      >>> params = {"w": jnp.zeros((2, 2), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+      >>> grads = {"w": jnp.array([[1.2, 0.8], [-1.6, 0.6]], jnp.float32),
+      ...          "b": jnp.array([3.0, -4.0], jnp.float32)}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["w"], np.float64), 4))
+      [[-0.06 -0.08]
+       [ 0.08 -0.06]]
+      >>> print(np.round(np.asarray(updates["b"], np.float64), 4))
+      [-0.06  0.08]
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 4 and 5 (2024).
@@ -257,10 +292,33 @@ def modular_descent(
       An ``optax.GradientTransformation``. Under ``optax.inject_hyperparams`` pass callables
       (``labels``, a ``sharpness`` that is not a schedule) in ``static_args``.
 
-    Example::
+    Example:
+      With ``step='unit'`` every leaf steps by ``lr`` in its role's norm: the embedding's rows
+      by ``-lr · g_i/rms(g_i)`` (ℓ1 -> RMS), the bias by ``-lr · b/rms(b)`` (RMS), the head's
+      kernel by ``-lr · √(d_out/d_in) U Vᵀ`` (RMS -> RMS; Newton–Schulz's ``U Vᵀ``, which keeps
+      the singular vectors of ``G`` and puts its singular values near 1).
 
-      tx = normtx.optimizers.modular_descent(0.05, momentum=0.9, weight_decay=1e-4)
-      tx = normtx.optimizers.modular_descent(1.0, escape_velocity=True)
+      >>> tx = normtx.optimizers.modular_descent(0.1)
+      >>> zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+      >>> params = {"embed": {"embedding": zeros(2, 2)},
+      ...           "head": {"kernel": zeros(2, 2), "bias": zeros(2)}}
+      >>> grads = {"embed": {"embedding": jnp.array([[0.5, -0.5], [2.0, 2.0]], jnp.float32)},
+      ...          "head": {"kernel": jnp.array([[1.2, 0.8], [-1.6, 0.6]], jnp.float32),
+      ...                   "bias": jnp.array([0.5, -0.5], jnp.float32)}}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["embed"]["embedding"], np.float64), 4))
+      [[-0.1  0.1]
+       [-0.1 -0.1]]
+      >>> print(np.round(np.asarray(updates["head"]["bias"], np.float64), 4))
+      [-0.1  0.1]
+      >>> def polar(a):  # U Vᵀ and the singular values of a, by a float64 SVD
+      ...     u, s, vt = np.linalg.svd(np.asarray(a, np.float64))
+      ...     return u @ vt, s
+      >>> q, s = polar(updates["head"]["kernel"] / -0.1)
+      >>> bool(np.allclose(q, polar(grads["head"]["kernel"])[0], atol=1e-5))
+      True
+      >>> bool(((0.8 < s) & (s < 1.2)).all())
+      True
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8, Story III and the epilogue
@@ -367,9 +425,17 @@ def scion(
     Returns:
       An ``optax.GradientTransformation`` (``update`` needs ``params`` when constrained).
 
-    Example::
+    Example:
+      Sign on the head (``norms={'head': linf()}``): ``lmo(d) = -ρ · sign(g)``, so from
+      ``w = 1`` the constrained step gives ``(1-γ) · 1 + γ · (-2 sign(g)) = 0.5 ∓ 1``.
 
-      tx = normtx.optimizers.scion(0.05, radius=20.0, norms={'head': normtx.norms.linf()})
+      >>> tx = normtx.optimizers.scion(0.5, radius=2.0, norms={"head": norms.linf()})
+      >>> params = {"head": {"kernel": jnp.ones((2, 2), jnp.float32)}}
+      >>> grads = {"head": {"kernel": jnp.array([[0.3, -2.0], [5.0, -0.1]], jnp.float32)}}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(optax.apply_updates(params, updates)["head"]["kernel"])
+      [[-0.5  1.5]
+       [-0.5  1.5]]
 
     References:
       Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls & Cevher, *Training Deep Learning Models

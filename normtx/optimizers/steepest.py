@@ -185,8 +185,8 @@ def spectral_descent(
     exact). Leaves of rank > 2 are rejected at ``init``.
 
     Args:
-      learning_rate, momentum, nesterov, weight_decay, step, sharpness, weight_decay_mask,
-        mu_dtype: as in ``sign_descent``.
+      learning_rate, momentum, nesterov, weight_decay, step, sharpness: as in ``sign_descent``.
+      weight_decay_mask, mu_dtype: as in ``sign_descent``.
       polar: the polar-factor method (``normtx.linalg.polar``).
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
         leaves together by the owner-device strategy over its devices (``normtx.sharding``)

@@ -272,8 +272,14 @@ def modular_descent(
         have no effect, and giving it is an error).
       escape_velocity: scale the steps by ``normtx.escape_velocity_lr`` (``update`` then needs
         ``params``).
-      init_lr: η_0 > 0 of the escape-velocity rule, default 1e-6 (``escape_velocity=True``
-        only, as ``rule``: without it either is an error).
+      init_lr: η_0 > 0 of the escape-velocity rule, default 1e-3 (``escape_velocity=True``
+        only, as ``rule``: without it either is an error). η is the length of each step in the
+        modular norm, whose useful values are about 0.01–0.2 whatever the width; the rule
+        grows η at most ×2 per step, so from Prodigy's 1e-6 a short run spends its first 15–30
+        steps warming up. Measured (``benchmarks/bench_warmup.py``, the char-LM transformer
+        and the digits MLP): 1e-3 against 1e-6 reaches 90% of the best run's loss drop in 64
+        steps instead of 94 (of 100) on the transformer, 46 instead of 74 on the MLP, and ends
+        lower on every run; 1e-2 overshoots the MLP's best η for good (η never decreases).
       rule: ``'prodigy'`` (default: η never decreases, eq. 28) or ``'cosine'``
         (``η_{t+1} = η_t (1 + cos θ_t)``: η falls when the gradient turns back), each as the
         anthology writes it (see ``normtx.escape_velocity_lr``).
@@ -361,7 +367,7 @@ def modular_descent(
         scaled = escape_velocity_lr(
             direction,
             norm=mod,
-            init_lr=1e-6 if init_lr is None else init_lr,
+            init_lr=1e-3 if init_lr is None else init_lr,
             rule="prodigy" if rule is None else rule,
         )
         return optax.chain(

@@ -12,7 +12,9 @@ over the widths; the target for normtx is a drift <= 2, with AdamW's reported be
 
 ``embed_stds`` repeats everything per initialisation of the embedding tables: ``None`` is Flax's
 default (rows of RMS ``1/sqrt(width)``), ``1.0`` gives rows of unit RMS, which is what the ℓ1 -> RMS
-norm that normtx gives embeddings assumes (anthology Prop. 8 and epilogue).
+norm that normtx gives embeddings assumes (anthology Prop. 8 and epilogue). ``normtx modular,
+target_rms=init`` measures the embedding (bias, gain) norms relative to the leaves' RMS at init
+instead (``modular_descent(target_rms='init')``), for the init the model actually has.
 
 ``--axis depth``: the same at depths 2, 4 and 8 (width 64, 2 heads, unit-RMS embedding rows;
 everything else as above), for AdamW, normtx modular descent with every scale ``s_l = 1``, and
@@ -28,7 +30,8 @@ panel per optimizer).
 
 ``--resume`` keeps the sweeps already in that JSON whose settings (all but the widths or depths)
 match, and runs only the missing (optimizer, width or depth) pairs: a long run that was stopped,
-or one made before a width was added, is completed rather than repeated.
+or one made before a width or an optimizer was added, is completed rather than repeated (an
+optimizer whose LR grid changed is run afresh).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ FULL = {
     "lrs": {
         "optax.adamw": (1e-3, 2e-3, 4e-3, 8e-3),
         "normtx modular": (0.005, 0.01, 0.02, 0.04),
+        "normtx modular, target_rms=init": (0.01, 0.02, 0.04, 0.08),
     },
 }
 QUICK = {
@@ -112,7 +116,13 @@ def factories(steps: int) -> dict:
         "optax.adamw": lambda lr: opt.adamw(lr, steps),
         "normtx modular": lambda lr: opt.modular(lr, steps),
         "normtx modular, mass scales": lambda lr: opt.modular(lr, steps, scales="mass"),
+        "normtx modular, target_rms=init": lambda lr: opt.modular(lr, steps, target_rms="init"),
     }
+
+
+def curve_key(opt_name: str, embed_std: float | None) -> str:
+    """The name of one optimizer's curves at one embedding init (rows, JSON, plot)."""
+    return opt_name if embed_std is None else f"{opt_name}, embed std {embed_std:g}"
 
 
 def model_config(s: dict, axis: str, value: int, embed_std: float | None) -> charlm.Config:
@@ -176,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             cfg = model_config(s, args.axis, value, std)
             task = charlm.task(cfg, eval_windows=s["eval_windows"])
             for opt_name in s["lrs"]:
-                key = opt_name if std is None else f"{opt_name}, embed std {std:g}"
+                key = curve_key(opt_name, std)
                 if value in curves.get(key, {}):
                     continue
                 curves.setdefault(key, {})[value] = sweep_to_interior(
@@ -205,16 +215,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _previous(
     path: pathlib.Path, s: dict, values: str
 ) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    """The sweeps recorded in ``path`` if its settings other than ``s[values]`` equal ``s``'s."""
+    """The sweeps recorded in ``path`` if its settings other than ``s[values]`` and the LR grids
+    equal ``s``'s, for the optimizers and embedding inits of ``s`` whose LR grid is unchanged."""
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
     ours = json.loads(json.dumps(s))  # tuples -> lists, as stored
-    if {k: v for k, v in old["settings"].items() if k != values} != {
-        k: v for k, v in ours.items() if k != values
+    if {k: v for k, v in old["settings"].items() if k not in (values, "lrs")} != {
+        k: v for k, v in ours.items() if k not in (values, "lrs")
     }:
         print(f"--resume: the settings in {path} differ; starting afresh")
         return {}
+    same_grid = {
+        curve_key(o, std)
+        for o, grid in ours["lrs"].items()
+        if old["settings"]["lrs"].get(o) == grid
+        for std in s["embed_stds"]
+    }
     return {
         name: {
             int(v): [(p["lr"], math.inf if p["val_loss"] is None else p["val_loss"]) for p in pts]
@@ -222,6 +239,7 @@ def _previous(
             if int(v) in s[values]
         }
         for name, per_value in old["losses"].items()
+        if name in same_grid
     }
 
 

@@ -5,20 +5,20 @@ layer maps RMS-normalised vectors to RMS-normalised vectors (RMS -> RMS), an emb
 vectors to RMS-normalised vectors (ℓ1 -> RMS, Prop. 8). ``infer`` reads the role of every leaf of a
 linen param dict or an nnx ``State`` from its path and shape (never from Python objects):
 
-============  ===========================================  ==============================
-role          leaves                                       dimension numbers
-============  ===========================================  ==============================
-``hidden``    2-D Dense kernels ``(d_in, d_out)``          ``(0,) -> (1,)``
-``head``      the output projection (a 2-D Dense kernel)   ``(0,) -> (1,)``
-``embedding`` ``nn.Embed``/``nnx.Embed`` tables            ``(0,) -> (1,)`` (vocab -> d)
-``conv``      conv kernels ``(*spatial, in, out)``         ``(0, …, n-2) -> (n-1,)``
-``attention`` q/k/v kernels ``(d_model, heads, d_head)``   ``(0,) -> (1, 2)``
-              out kernel ``(heads, d_head, d_model)``      ``(0, 1) -> (2,)``
-``bias``      biases                                       a vector norm
-``gain``      norm-layer scales (LayerNorm, RMSNorm, …)    a vector norm
-``frozen``    leaves not trained (only by ``labels=``)     no norm; the optimizers give
-                                                           them a zero update
-============  ===========================================  ==============================
+=============  ===========================================  ==============================
+role           leaves                                       dimension numbers
+=============  ===========================================  ==============================
+``hidden``     2-D Dense kernels ``(d_in, d_out)``          ``(0,) -> (1,)``
+``head``       the output projection (a 2-D Dense kernel)   ``(0,) -> (1,)``
+``embedding``  ``nn.Embed``/``nnx.Embed`` tables            ``(0,) -> (1,)`` (vocab -> d)
+``conv``       conv kernels ``(*spatial, in, out)``         ``(0, …, n-2) -> (n-1,)``
+``attention``  q/k/v kernels ``(d_model, heads, d_head)``   ``(0,) -> (1, 2)``
+               out kernel ``(heads, d_head, d_model)``      ``(0, 1) -> (2,)``
+``bias``       biases                                       a vector norm
+``gain``       norm-layer scales (LayerNorm, RMSNorm, …)    a vector norm
+``frozen``     leaves not trained (only by ``labels=``)     no norm; the optimizers give
+                                                            them a zero update
+=============  ===========================================  ==============================
 
 A leaf stacked by ``nn.scan``/``nnx.scan``/``nnx.vmap`` carries leading *layer axes*: its role is
 the role of one slice, with the slice's dimension numbers shifted past the layer axes

@@ -66,6 +66,7 @@ TRANSFORMS = {
         normtx.dualize(geometry), norm=geometry, rule="cosine", anchor="previous", monotone=False
     ),
     "modular_norm_partition": lambda: normtx.modular_norm_partition(),
+    "modular_norm_partition(target_rms)": lambda: normtx.modular_norm_partition(target_rms="init"),
     "cautious(trace)": lambda: normtx.cautious(optax.trace(decay=0.9)),
     "add_cautious_weight_decay(masked)": lambda: normtx.add_cautious_weight_decay(
         0.1, mask=kernels

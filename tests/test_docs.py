@@ -25,27 +25,8 @@ import normtx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-DIRECTIVE = re.compile(
-    r"^\.\. (?:auto|py:)(function|class|data|exception|module)::\s+(\S+)\s*$", re.M
-)
+DIRECTIVE = re.compile(r"^\.\. auto(function|class|data|exception|module)::\s+(\S+)\s*$", re.M)
 OPTIONFLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-
-# Public objects whose ``Example::`` blocks are still literal (not run): their files are being
-# restructured or written by their owners. Each entry must still have one (the set only shrinks).
-LITERAL_EXAMPLES = {
-    "normtx.escape_velocity_lr",
-    "normtx.modular_norm",
-    "normtx.modular_norm_partition",
-    "normtx.norms.Modular",
-    "normtx.optimizers.muon",
-    "normtx.optimizers.prodigy",
-    "normtx.roles.describe",
-    "normtx.roles.infer",
-}
-
-# Modules whose docstring is not valid reStructuredText yet (normtx.roles: its role table's first
-# column is narrower than ``embedding``/``attention``); their pages declare them with py:module.
-LITERAL_MODULE_DOCS = {"normtx.roles"}
 
 
 def _public_modules() -> dict[str, types.ModuleType]:
@@ -134,26 +115,19 @@ def test_every_subpackage_has_a_page_listed_in_the_index():
     for module_name in _public_modules():
         page = DOCS / "api" / f"{module_name.split('.')[-1]}.rst"
         assert page.is_file(), f"no page {page.relative_to(ROOT)} for {module_name}"
-        text = page.read_text()
-        # py:module only where the module docstring does not build yet (LITERAL_MODULE_DOCS).
-        directive = "py:module" if module_name in LITERAL_MODULE_DOCS else "automodule"
-        assert f".. {directive}:: {module_name}\n" in text
+        assert f".. automodule:: {module_name}\n" in page.read_text()
         assert f"\n   api/{page.stem}\n" in index
 
 
 def test_docstring_examples_are_doctests():
     """An ``Example::`` literal block is not run; every example is a ``>>>`` session instead."""
-    documented = _documented()
-    literal = {
-        name
-        for name, obj in documented.items()
-        if re.search(r"Examples?::\s*$", inspect.getdoc(obj) or "", re.M)
-    }
-    assert literal == LITERAL_EXAMPLES, (
-        "examples to write as >>> sessions (or remove from LITERAL_EXAMPLES once converted): "
-        f"{sorted(literal ^ LITERAL_EXAMPLES)}"
-    )
+    docs = {name: inspect.getdoc(obj) or "" for name, obj in _documented().items()}
+    literal = sorted(name for name, doc in docs.items() if re.search(r"Examples?::\s*$", doc, re.M))
+    assert not literal, f"examples to write as >>> sessions (Example: then >>> lines): {literal}"
     with_doctests = {test.name.split(".__")[0] for test in DOCTESTS}
+    sections = {name for name, doc in docs.items() if re.search(r"^Examples?:\s*$", doc, re.M)}
+    without = sorted(sections - with_doctests)
+    assert not without, f"Example: sections without a >>> session: {without}"
     assert len(with_doctests) >= 10
 
 

@@ -62,7 +62,12 @@ SQUARES = {
 SQUARED_SCALE = {"prodigy": 1e-6}
 # Steps proportional to the dual norm ‖g‖† (Prop. 1/7 with step='dual_norm'): for the all-1e38 tree
 # the exact step is out of range (the RMS dual of a bias alone is √n‖g‖₂ = 8 · 1e38 for n = 8).
-DUAL_NORM_STEPS = {"scale_by_dual_norm", "modular_norm_partition", "modular_descent"}
+DUAL_NORM_STEPS = {
+    "scale_by_dual_norm",
+    "modular_norm_partition",
+    "modular_norm_partition(target_rms)",
+    "modular_descent",
+}
 LOW = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

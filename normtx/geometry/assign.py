@@ -367,9 +367,24 @@ def describe(
     and as an HTML table in Jupyter; ``print`` it in a script. The optimizers' own tables (with
     their routing) come from ``normtx.optimizers.describe``.
 
-    Example::
+    Example:
+      The params of a small linen model (``model.init(key, x)['params']``; an nnx model's
+      ``nnx.state(model, nnx.Param)`` works the same):
 
-      normtx.roles.describe(nnx.state(model, nnx.Param))
+      >>> zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+      >>> params = {"Embed_0": {"embedding": zeros(10, 4)},
+      ...           "Dense_0": {"kernel": zeros(4, 4), "bias": zeros(4)},
+      ...           "LayerNorm_0": {"scale": zeros(4), "bias": zeros(4)},
+      ...           "head": {"kernel": zeros(4, 10)}}
+      >>> normtx.roles.describe(params)
+      path               shape    role       axes        norm                       scale  note
+      -----------------  -------  ---------  ----------  -------------------------  -----  ----
+      Dense_0/bias       (4,)     bias       whole leaf  rms                        1
+      Dense_0/kernel     (4, 4)   hidden     (0,)->(1,)  rms_to_rms[newton_schulz]  1
+      Embed_0/embedding  (10, 4)  embedding  (0,)->(1,)  l1_to_rms                  1
+      LayerNorm_0/bias   (4,)     bias       whole leaf  rms                        1
+      LayerNorm_0/scale  (4,)     gain       whole leaf  rms                        1
+      head/kernel        (4, 10)  head       (0,)->(1,)  rms_to_rms[newton_schulz]  1
     """
     geometry = Geometry(
         roles,

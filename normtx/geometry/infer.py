@@ -376,10 +376,27 @@ def infer(
       ValueError: for leaves no rule classifies (listing their paths and how to label them), a
         ``labels`` regex or ``head`` that matches nothing, or an unknown role name.
 
-    Example::
+    Example:
+      An attention block (``nn.MultiHeadDotProductAttention``'s kernels: q/k/v
+      ``(d_model, heads, d_head)``, out ``(heads, d_head, d_model)``), a learned position table
+      labelled by hand, and a head found by its module's name:
 
-      roles = normtx.roles.infer(nnx.state(model, nnx.Param))
-      roles = normtx.roles.infer(variables['params'], head='Dense_3', labels={'pos_emb': 'embedding'})
+      >>> zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+      >>> attention = {name: {"kernel": zeros(8, 2, 4)} for name in ("query", "key", "value")}
+      >>> params = {"attn": {**attention, "out": {"kernel": zeros(2, 4, 8)}},
+      ...           "pos_emb": zeros(16, 8),
+      ...           "head": {"kernel": zeros(8, 10), "bias": zeros(10)}}
+      >>> roles = normtx.roles.infer(params, labels={"pos_emb": "embedding"})
+      >>> jax.tree.map(lambda role: role.label, roles)
+      {'attn': {'key': {'kernel': 'attention'}, 'out': {'kernel': 'attention'},
+                'query': {'kernel': 'attention'}, 'value': {'kernel': 'attention'}},
+       'head': {'bias': 'bias', 'kernel': 'head'}, 'pos_emb': 'embedding'}
+      >>> roles["attn"]["query"]["kernel"]
+      Role(name='attention', fan_in_axes=(0,), fan_out_axes=(1, 2), layer_axes=(), batch_axes=())
+      >>> roles["attn"]["out"]["kernel"]
+      Role(name='attention', fan_in_axes=(0, 1), fan_out_axes=(2,), layer_axes=(), batch_axes=())
+
+      For an nnx model pass ``nnx.state(model, nnx.Param)``: the roles come back as a ``State``.
     """
     return resolve(params, head=head, labels=labels, heads_as_batch=heads_as_batch)
 

@@ -83,10 +83,19 @@ def modular_norm(
     Returns:
       A ``RoleModular`` (a ``normtx.norms.Modular``); ``.describe(params)`` is its table.
 
-    Example::
+    Example:
+      The head measured by ℓ∞ (``norms={'head': linf()}``: 5, dual ℓ1 = 7.4), the embedding by
+      ℓ1 -> RMS (the largest RMS of a row: 2; dual ``Σ_i √d ‖g_i‖₂ = 1 + 4``), the bias by RMS
+      (0.5; dual ``√2 ‖b‖₂ = 1``), every scale 1:
 
-      mod = normtx.modular_norm(norms={'head': normtx.norms.linf()})
-      mod.dual_norm(grads)   # Σ_l N_l†(G_l) / s_l
+      >>> mod = normtx.modular_norm(norms={"head": norms.linf()})
+      >>> grads = {"embed": {"embedding": jnp.array([[0.5, -0.5], [2.0, 2.0]], jnp.float32)},
+      ...          "head": {"kernel": jnp.array([[0.3, -2.0], [5.0, -0.1]], jnp.float32),
+      ...                   "bias": jnp.array([0.5, -0.5], jnp.float32)}}
+      >>> print(f"{float(jax.jit(mod.dual_norm)(grads)):.4f}")  # Σ_l N_l†(G_l)/s_l
+      13.4000
+      >>> print(f"{float(jax.jit(mod.norm)(grads)):.4f}")  # max_l s_l N_l(G_l)
+      5.0000
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7 and the epilogue (2024);

@@ -109,11 +109,27 @@ class Modular:
         leaves together, by the owner-device strategy of ``normtx.sharding`` (``dual_norm``,
         ``dualize``, ``duals_and_directions``).
 
-    ``norm``, ``dual_norm`` and ``dualize`` take whole trees. Example::
+    ``norm``, ``dual_norm`` and ``dualize`` take whole trees.
 
-      mod = normtx.norms.modular({'hidden': norms.rms_to_rms(), 'bias': norms.rms()},
-                                 scales={'hidden': 1.0, 'bias': 2.0})
-      mod.dual_norm(grads)  # Σ_l N_l†(G_l) / s_l
+    Example:
+      ``W = diag(3, 1)`` under RMS -> RMS (square: the spectral norm 3, dual the nuclear norm
+      ``tr Σ = 4``, ``dualize = U Vᵀ = I``) with scale 1, and ``b = (0.5, -0.5)`` under RMS
+      (``rms(b) = 0.5``, dual ``√2 ‖b‖₂ = 1``, ``dualize = b/rms(b)``) with scale 2:
+
+      >>> mod = norms.modular({"w": norms.rms_to_rms(), "b": norms.rms()},
+      ...                     scales={"w": 1.0, "b": 2.0})
+      >>> grads = {"w": jnp.array([[3.0, 0.0], [0.0, 1.0]], jnp.float32),
+      ...          "b": jnp.array([0.5, -0.5], jnp.float32)}
+      >>> print(f"{float(jax.jit(mod.dual_norm)(grads)):.4f}")  # Σ_l N_l†(G_l)/s_l = 4 + 1/2
+      4.5000
+      >>> print(f"{float(jax.jit(mod.norm)(grads)):.4f}")  # max_l s_l N_l(G_l) = max(3, 2 · 0.5)
+      3.0000
+      >>> directions = jax.jit(mod.dualize)(grads)  # dualize_l(G_l)/s_l
+      >>> print(np.round(np.asarray(directions["w"], np.float64), 4))
+      [[1. 0.]
+       [0. 1.]]
+      >>> print(np.round(np.asarray(directions["b"], np.float64), 4))
+      [ 0.5 -0.5]
     """
 
     def __init__(self, norms: NormSpec, scales: ScaleSpec = None, *, mesh: Mesh | None = None):

@@ -197,10 +197,34 @@ def muon(
     Returns:
       An ``optax.GradientTransformation``.
 
-    Example::
+    Example:
+      The hidden kernel steps by ``-lr`` times Newton–Schulz's ``U Vᵀ`` (it keeps the singular
+      vectors of ``G``; Jordan's quintic leaves the singular values in about [0.7, 1.2]); the
+      head and the bias take AdamW's first step, ``-adam_learning_rate · sign(g)``.
 
-      tx = normtx.optimizers.muon(0.02, adam_learning_rate=3e-4)
-      tx = normtx.optimizers.muon(0.02, consistent_rms=0.2, weight_decay=0.1)  # Moonlight
+      >>> tx = normtx.optimizers.muon(0.1, adam_learning_rate=0.01)
+      >>> zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+      >>> params = {"hidden": {"kernel": zeros(2, 2), "bias": zeros(2)},
+      ...           "head": {"kernel": zeros(2, 2)}}
+      >>> grads = {"hidden": {"kernel": jnp.array([[1.2, 0.8], [-1.6, 0.6]], jnp.float32),
+      ...                     "bias": jnp.array([3.0, -4.0], jnp.float32)},
+      ...          "head": {"kernel": jnp.array([[0.3, -2.0], [5.0, -0.1]], jnp.float32)}}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["head"]["kernel"], np.float64), 6))
+      [[-0.01  0.01]
+       [-0.01  0.01]]
+      >>> print(np.round(np.asarray(updates["hidden"]["bias"], np.float64), 6))
+      [-0.01  0.01]
+      >>> def polar(a):  # U Vᵀ and the singular values of a, by a float64 SVD
+      ...     u, s, vt = np.linalg.svd(np.asarray(a, np.float64))
+      ...     return u @ vt, s
+      >>> q, s = polar(updates["hidden"]["kernel"] / -0.1)
+      >>> bool(np.allclose(q, polar(grads["hidden"]["kernel"])[0], atol=1e-5))
+      True
+      >>> bool(((0.6 < s) & (s < 1.25)).all())
+      True
+
+      Moonlight's settings: ``muon(lr, consistent_rms=0.2, weight_decay=0.1)``.
 
     References:
       Jordan et al., *Muon: An optimizer for hidden layers* (2024); Bernstein & Newhouse,

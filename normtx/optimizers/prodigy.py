@@ -100,9 +100,28 @@ def prodigy(
     Returns:
       An ``optax.GradientTransformation``: ``update`` needs ``params``.
 
-    Example::
+    Example:
+      The first step is ``-lr · η_0 · sign(g)`` (``bc_1 m_1/√v_1 = sign(g)``, η_0 =
+      ``estim_lr0`` = 1e-6), and the updates are ``optax.contrib.prodigy``'s (here over ten steps
+      on the quadratic ``½‖w - (1, -2, 3)‖²``):
 
-      tx = normtx.optimizers.prodigy(optax.cosine_decay_schedule(1.0, 1000), weight_decay=1e-4)
+      >>> tx = normtx.optimizers.prodigy(1.0)
+      >>> params = {"w": jnp.zeros(3, jnp.float32)}
+      >>> grads = {"w": jnp.array([0.5, -1.0, 2.0], jnp.float32)}
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["w"], np.float64) / 1e-6, 4))
+      [-1.  1. -1.]
+      >>> def train(tx, steps=10):
+      ...     w, target = jnp.zeros(3, jnp.float32), jnp.array([1.0, -2.0, 3.0], jnp.float32)
+      ...     state, step = tx.init(w), jax.jit(tx.update)
+      ...     for _ in range(steps):
+      ...         updates, state = step(w - target, state, w)
+      ...         w = optax.apply_updates(w, updates)
+      ...     return w
+      >>> ours = train(normtx.optimizers.prodigy(1.0, estim_lr0=1e-3, weight_decay=0.01))
+      >>> ref = train(optax.contrib.prodigy(1.0, estim_lr0=1e-3, weight_decay=0.01))
+      >>> bool(jnp.allclose(ours, ref, rtol=1e-5))
+      True
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Story III, eqs. 22–29 (2024).

@@ -33,7 +33,7 @@ from normtx.optimizers._chains import (
     zero_frozen,
 )
 from normtx.transforms.escape_velocity import escape_velocity_lr
-from normtx.transforms.modular import modular_direction, modular_step
+from normtx.transforms.modular import TargetRmsSpec, modular_direction, modular_step
 
 __all__ = ["modular_descent", "normalized_sgd", "scion", "sign_descent", "spectral_descent"]
 
@@ -237,6 +237,7 @@ def modular_descent(
     norms: NormsSpec = None,
     scales: ScalesSpec = None,
     masses: Mapping[str, float] | None = None,
+    target_rms: TargetRmsSpec = None,
     head: HeadSpec = None,
     labels: LabelSpec = None,
     heads_as_batch: bool = False,
@@ -290,6 +291,12 @@ def modular_descent(
         parameter's dtype.
       roles, norms, scales, masses, head, labels, heads_as_batch: the geometry, as in
         ``normtx.modular_norm_partition``.
+      target_rms: ``None`` (default), ``'init'`` or ``{role name: 'init' or r > 0}``: measure
+        each chosen leaf's norm relative to an RMS ``r_l`` (``'init'``: the embedding, bias and
+        gain leaves' RMS at ``init``, so every unit step moves an embedding row by the same
+        fraction of its initial RMS whatever the width, e.g. with Flax's ``1/√width`` rows), as
+        in ``normtx.modular_norm_partition``; the escape-velocity rule measures the same
+        rescaled norm.
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
         leaves together by the owner-device strategy over its devices (``normtx.sharding``)
         instead of every device computing every one.
@@ -325,6 +332,19 @@ def modular_descent(
       True
       >>> bool(((0.8 < s) & (s < 1.2)).all())
       True
+
+      With ``target_rms='init'`` the steps are relative to the weights' RMS at ``init``: an
+      embedding table of RMS 0.3 moves each row by ``0.3 · lr`` in RMS; the bias, zero at
+      ``init``, keeps its unit step.
+
+      >>> tx = normtx.optimizers.modular_descent(0.1, target_rms="init")
+      >>> params["embed"]["embedding"] = jnp.full((2, 2), 0.3, jnp.float32)
+      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(updates["embed"]["embedding"], np.float64), 4))
+      [[-0.03  0.03]
+       [-0.03 -0.03]]
+      >>> print(np.round(np.asarray(updates["head"]["bias"], np.float64), 4))
+      [-0.1  0.1]
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8, Story III and the epilogue
@@ -362,7 +382,7 @@ def modular_descent(
         # One geometry, one modular norm: the rule measures the gradient in the norm the partition
         # descends, and both run in the same stacked programs (``modular_direction``).
         direction = modular_direction(
-            mod, before=before, after=after, sharpness=sharpness, step=step
+            mod, before=before, after=after, sharpness=sharpness, step=step, target_rms=target_rms
         )
         scaled = escape_velocity_lr(
             direction,
@@ -376,7 +396,7 @@ def modular_descent(
     return optax.chain(
         check_shapes(what),
         before,
-        modular_step(mod, sharpness=sharpness, step=step),
+        modular_step(mod, sharpness=sharpness, step=step, target_rms=target_rms),
         after,
         optax.scale_by_learning_rate(learning_rate),
         zero_frozen(geometry),
@@ -394,6 +414,7 @@ def scion(
     norms: NormsSpec = None,
     scales: ScalesSpec = None,
     masses: Mapping[str, float] | None = None,
+    target_rms: TargetRmsSpec = None,
     head: HeadSpec = None,
     labels: LabelSpec = None,
     heads_as_batch: bool = False,
@@ -422,8 +443,9 @@ def scion(
       momentum: β in ``[0, 1)``.
       constrained: the constrained (Frank–Wolfe) or the unconstrained variant.
       mu_dtype: dtype of the momentum buffer; ``None``: each parameter's dtype.
-      roles, norms, scales, masses, head, labels, heads_as_batch: as in
-        ``normtx.modular_norm_partition``.
+      roles, norms, scales, masses, target_rms, head, labels, heads_as_batch: as in
+        ``normtx.modular_norm_partition`` (``target_rms='init'``: the ball's radius of an
+        embedding, bias or gain leaf is ρ times its RMS at ``init``).
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
         leaves together by the owner-device strategy over its devices (``normtx.sharding``)
         instead of every device computing every one.
@@ -471,7 +493,7 @@ def scion(
     return optax.chain(
         check_shapes(what),
         skip_frozen(geometry, ema_momentum(momentum, False, mu_dtype=mu_dtype)),
-        modular_step(RoleModular(geometry, mesh=mesh), step="unit"),
+        modular_step(RoleModular(geometry, mesh=mesh), step="unit", target_rms=target_rms),
         optax.scale(radius),
         optax.add_decayed_weights(1.0) if constrained else optax.identity(),
         optax.scale_by_learning_rate(learning_rate),

@@ -178,12 +178,28 @@ def escape_velocity_lr(
         match the params (at ``init``); for missing ``params`` or trees that do not match the
         state (at ``update``).
 
-    Example::
+    Example:
+      Sign descent from ``w_0 = 0`` with a constant gradient: after t steps
+      ``w_0 - w_t = (η_0 + … + η_{t-1}) sign(g)``, so eq. 28 gives
+      ``η_{t+1} = max(η_t, η_0 + … + η_{t-1})``: η grows as the Fibonacci numbers, and the
+      weights move by their sum (``0.01 · 34``).
 
-      tx = optax.chain(
-          normtx.escape_velocity_lr(normtx.dualize(norms.linf()), norm=norms.linf()),
-          optax.scale_by_learning_rate(1.0),
-      )
+      >>> tx = optax.chain(
+      ...     normtx.escape_velocity_lr(normtx.dualize(norms.linf()), norm=norms.linf(),
+      ...                               init_lr=0.01),
+      ...     optax.scale_by_learning_rate(1.0),
+      ... )
+      >>> params = {"w": jnp.zeros(3, jnp.float32)}
+      >>> grads = {"w": jnp.array([0.5, -1.0, 2.0], jnp.float32)}
+      >>> step, state, etas = jax.jit(tx.update), tx.init(params), []
+      >>> for _ in range(8):
+      ...     etas.append(float(optax.tree_utils.tree_get(state, "eta")))
+      ...     updates, state = step(grads, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> print(np.round(np.array(etas) / 0.01, 3))
+      [ 1.  1.  1.  2.  3.  5.  8. 13.]
+      >>> print(np.round(np.asarray(params["w"], np.float64), 4))
+      [-0.34  0.34 -0.34]
 
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm: An Anthology*, Story III, eqs. 22–30,

@@ -377,8 +377,8 @@ def describe(
       ...           "LayerNorm_0": {"scale": zeros(4), "bias": zeros(4)},
       ...           "head": {"kernel": zeros(4, 10)}}
       >>> normtx.roles.describe(params)
-      path               shape    role       axes        norm                       scale  note
-      -----------------  -------  ---------  ----------  -------------------------  -----  ----
+      path               shape    role       axes        norm                       scale...
+      -----------------  -------  ---------  ----------  -------------------------  -----...
       Dense_0/bias       (4,)     bias       whole leaf  rms                        1
       Dense_0/kernel     (4, 4)   hidden     (0,)->(1,)  rms_to_rms[newton_schulz]  1
       Embed_0/embedding  (10, 4)  embedding  (0,)->(1,)  l1_to_rms                  1

@@ -218,6 +218,22 @@ CASES = [
         r"modular_descent: init_lr=0\.001 has no effect without escape_velocity=True",
     ),
     (
+        "muon_adam_hyperparameters_with_modular_others",
+        lambda: optimizers.muon(0.1, others="modular", adam_b2=0.99, adam_learning_rate=1e-3),
+        r"muon: adam_learning_rate=0\.001, adam_b2=0\.99 would have no effect with "
+        r"others='modular' .*pass others='adamw'",
+    ),
+    (
+        "describe_an_optimizer_without_roles",
+        lambda: optimizers.describe(P, "sign_descent"),
+        r"optimizers\.describe: optimizer must be one of \('muon', 'modular_descent', 'scion'\)",
+    ),
+    (
+        "describe_with_an_argument_the_optimizer_lacks",
+        lambda: optimizers.describe(P, "scion", others="adamw"),
+        r"optimizers\.describe: scion takes no argument \['others'\]",
+    ),
+    (
         "modular_rule_without_escape_velocity",
         lambda: optimizers.modular_descent(0.1, rule="cosine"),
         r"modular_descent: rule='cosine' has no effect without escape_velocity=True",
@@ -587,6 +603,18 @@ CASES = [
             G, optimizers.modular_descent(0.1).init(P), _with_leaf(P, "Dense_0", "bias", _f32(2, 8))
         ),
         r"modular_descent: parameter 'Dense_0/bias' \(shape \(2, 8\), float32\) does not match",
+    ),
+    (
+        "gradient_of_another_shape_against_muon",
+        _update(optimizers.muon(0.1), P, _with_leaf(G, "Dense_0", "kernel", _f32(8, 6))),
+        r"muon: gradient 'Dense_0/kernel' \(shape \(8, 6\), float32\) does not match the "
+        r"parameter it updates: .* of shape \(6, 8\)",
+    ),
+    (
+        "gradient_tree_against_muon_modular",
+        _update(optimizers.muon(0.1, others="modular"), P, {"Dense_1": G["Dense_1"]}),
+        r"muon: the gradients do not have the tree structure .*param paths the gradients lack: "
+        r"\['Dense_0/bias', 'Dense_0/kernel'\]",
     ),
     (
         "gradient_broadcast_into_a_bias_by_scion",

@@ -7,6 +7,7 @@ import math
 import pathlib
 import string
 import textwrap
+import warnings
 
 import chex
 import flax.linen as nn
@@ -21,6 +22,7 @@ from sklearn.datasets import load_digits
 
 import normtx
 from normtx import norms
+from normtx._pytree import flatten_with_paths
 from normtx.optimizers import modular_descent
 
 import oracles as orc
@@ -28,6 +30,7 @@ import oracles as orc
 EXACT = {role: norms.rms_to_rms() for role in ("hidden", "attention", "conv", "head")}
 RMS_TO_RMS = orc.schatten_oracles(math.inf, lambda d_in, d_out: math.sqrt(d_in / d_out))[2]
 RMS = orc.vector_oracles(2.0, lambda n: 1 / math.sqrt(n))[2]
+ROWS = orc.rows_oracles(2.0, lambda d_in, d_out: 1 / math.sqrt(d_out))[2]  # ℓ1 -> RMS
 
 
 def _f32(tree):
@@ -362,6 +365,90 @@ def test_muon_nesterov_is_jordans_reference_and_others_are_adamw():
     for u, a in zip(ours, adam):
         for path in (("Embed_0", "embedding"), ("Dense_2", "kernel"), ("Dense_0", "bias")):
             np.testing.assert_allclose(u[path[0]][path[1]], a[path[0]][path[1]], rtol=1e-6)
+
+
+def test_muon_under_optax_partition_keeps_the_whole_trees_head():
+    """Issue 15, item 4: with the head sent to ``optax.set_to_zero`` by ``optax.partition`` (or
+    masked out by ``optax.masked``), Muon saw the last hidden layer as the head and gave it to
+    AdamW. Every hidden kernel is still orthogonalized (Jordan's Newton–Schulz in float64), the
+    head gets nothing, and the warning says the head found by position is masked out."""
+    grads = [_muon_tree(s) for s in range(3)]
+    params = _f32(_muon_tree(9))
+    labels = {
+        k: jax.tree.map(lambda _, k=k: "z" if k == "Dense_2" else "m", v) for k, v in params.items()
+    }
+    mask = jax.tree.map(lambda label: label == "m", labels)
+    wrapped = {
+        "partition": optax.partition(
+            {"m": normtx.optimizers.muon(0.02), "z": optax.set_to_zero()}, labels
+        ),
+        "masked": optax.masked(normtx.optimizers.muon(0.02), mask),
+    }
+    for name, tx in wrapped.items():
+        with pytest.warns(UserWarning, match=r"'Dense_2/kernel'.*It is masked out here"):
+            ours = _run(tx, [_f32(g) for g in grads], params)
+        for u, m in zip(ours, _ema(grads, 0.95, True)):
+            for layer in HIDDEN:
+                np.testing.assert_allclose(
+                    u[layer]["kernel"],
+                    -0.02 * _ns_muon_oracle(m[layer]["kernel"]),
+                    atol=2e-7,
+                    err_msg=name,
+                )
+            if name == "partition":
+                assert not np.any(u["Dense_2"]["kernel"])
+
+
+@pytest.mark.parametrize("others", ["adamw", "modular"])
+def test_describe_gives_the_route_muon_takes(others):
+    """``normtx.optimizers.describe(params, 'muon', ...)``: each leaf's route is what the optimizer
+    does with it (the polar factor: Jordan's Newton–Schulz in float64; AdamW: optax.adamw; the
+    modular step: its role's unit step), and the head found by position carries a note."""
+    g = _muon_tree(3)
+    params = _f32(_muon_tree(9))
+    kw = dict(beta=0.0, others=others) | ({"adam_learning_rate": 1e-3} if others == "adamw" else {})
+    with pytest.warns(UserWarning, match="head by position"):
+        table = normtx.optimizers.describe(params, "muon", learning_rate=0.1, **kw)
+    assert table.header[-2:] == ("route", "note")
+    routes = {row[0]: row[-2] for row in table.rows}
+    notes = {row[0]: row[-1] for row in table.rows if row[-1]}
+    assert notes == {"Dense_2/kernel": "head by position (pass head=)"}
+    (u,) = _run(normtx.optimizers.muon(0.1, **kw), [_f32(g)], params)
+    (adam,) = _run(optax.adamw(1e-3, weight_decay=0.0), [_f32(g)], params)
+    got, grad, want_adam = (dict(flatten_with_paths(t)[0]) for t in (u, g, adam))
+    for path, route in routes.items():
+        x = grad[path]
+        if route == "polar factor":
+            np.testing.assert_allclose(got[path], -0.1 * _ns_muon_oracle(x), atol=2e-7)
+        elif route == "adamw":
+            np.testing.assert_allclose(got[path], want_adam[path], rtol=1e-6)
+        elif x.ndim == 1 or path == "Embed_0/embedding":  # the unit step of RMS, ℓ1 -> RMS
+            assert route == "modular step", route
+            unit = RMS(x) if x.ndim == 1 else ROWS(x)
+            np.testing.assert_allclose(got[path], -0.1 * unit, rtol=1e-5, atol=1e-7)
+        else:  # the head's RMS -> RMS step, its U Vᵀ by Polar Express (σ within ±13% of 1)
+            assert route == "modular step", route
+            want = -0.1 * RMS_TO_RMS(x)
+            assert np.linalg.norm(got[path] - want) <= 0.13 * np.linalg.norm(want)
+    counts = {r: list(routes.values()).count(r) for r in set(routes.values())}
+    assert counts == {"polar factor": 2, "adamw" if others == "adamw" else "modular step": 5}
+    # head=False: no note, no warning, and Dense_2 is orthogonalized too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        off = normtx.optimizers.describe(params, "muon", head=False, **kw)
+    assert {row[0]: row[-2] for row in off.rows}["Dense_2/kernel"] == "polar factor"
+
+
+def test_describe_of_modular_descent_and_scion_shows_frozen_and_unnormed_leaves():
+    params = _f32(_muon_tree(9))
+    kw = dict(head="Dense_2", labels={"embedding": "frozen"}, norms={"bias": None})
+    for name in ("modular_descent", "scion"):
+        table = normtx.optimizers.describe(params, name, **kw)
+        routes = {row[0]: row[-2] for row in table.rows}
+        assert routes["Embed_0/embedding"] == "zero (frozen)"
+        assert routes["Dense_0/bias"] == "momentum"
+        assert routes["Dense_2/kernel"] == "modular step"
+        assert table == normtx.optimizers.describe(params, name, learning_rate=0.1, **kw)
 
 
 def test_muon_modular_others_and_scales():

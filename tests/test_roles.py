@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 from flax import nnx
 
+import normtx
 from normtx import norms, roles
 from normtx.roles import Role
 
@@ -222,6 +226,83 @@ def test_head_by_name_by_regex_and_off():
     assert (got["Dense_1/kernel"], got["Dense_10/kernel"]) == (HEAD, HIDDEN)
 
 
+def _three_dense(*, head_name="Dense_2"):
+    names = ("Dense_0", "Dense_1", head_name)
+    shapes = ((3, 4), (4, 4), (4, 2))
+    return {n: {"kernel": jnp.ones(k), "bias": jnp.ones(k[1])} for n, k in zip(names, shapes)}
+
+
+def test_head_by_position_warns_and_is_noted_in_the_table():
+    """Issue 15, item 4: the last top-level Dense kernel became the head silently. It is reported:
+    a warning naming it and how to confirm it, and a note in its row of the table; a head named
+    by the user or by its module's name gives neither."""
+    params = _three_dense()
+    with pytest.warns(UserWarning, match=r"'Dense_2/kernel'.*head by position.*head='Dense_2'"):
+        table = roles.describe(params)
+    notes = {row[0]: row[-1] for row in table.rows}
+    assert table.header[-1] == "note"
+    assert notes.pop("Dense_2/kernel") == "head by position (pass head=)"
+    assert set(notes.values()) == {""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for confirmed in (
+            roles.describe(params, head="Dense_2"),
+            roles.describe(_three_dense(head_name="head")),
+            roles.describe(params, head=False),
+        ):
+            assert {row[-1] for row in confirmed.rows} == {""}
+        assert _by_path(roles.infer(params, head="Dense_2"))["Dense_2/kernel"] == HEAD
+
+
+def _masked(tree, *paths):
+    """``tree`` with the leaves at ``paths`` replaced by ``optax.MaskedNode()`` (as optax.masked
+    and optax.partition pass them to the inner transform)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: (
+            optax.MaskedNode()
+            if jax.tree_util.keystr(p, simple=True, separator="/") in paths
+            else x
+        ),
+        tree,
+    )
+
+
+MASKED = {  # (tree, masked paths, the whole tree's head or None)
+    "head_by_position": (_three_dense(), ("Dense_2/kernel", "Dense_2/bias"), "Dense_2/kernel"),
+    "a_hidden_layer": (_three_dense(), ("Dense_0/kernel",), "Dense_2/kernel"),
+    "head_by_name": (_three_dense(head_name="head"), ("head/kernel",), None),
+}
+
+
+@pytest.mark.parametrize("case", list(MASKED))
+def test_masked_leaves_keep_their_place_in_the_head_rule(case):
+    """Issue 15, item 4: under ``optax.partition(..., set_to_zero)`` on the head (or
+    ``optax.masked``) the inner transform sees the head as ``optax.MaskedNode``; the rule then made
+    the last hidden layer the head. Each visible leaf now gets its role in the whole tree."""
+    full, paths, head = MASKED[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _by_path(roles.infer(full))
+    tree = _masked(full, *paths)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _by_path(roles.infer(tree))
+    assert got == {p: r for p, r in want.items() if p not in paths}
+    if head is None:
+        assert not caught
+    else:
+        (w,) = caught
+        assert f"{head!r}, the last Dense kernel" in str(w.message)
+        assert ("masked out here" in str(w.message)) == (head in paths)
+    # Naming the masked head, labelling masked leaves or giving their roles is no error.
+    named = head or "head/kernel"
+    got = _by_path(roles.infer(tree, head=named.rsplit("/", 1)[0]))
+    assert got == {p: r for p, r in want.items() if p not in paths}
+    assert _by_path(roles.infer(tree, labels={paths[0]: "frozen"})) == got
+    explicit = roles.infer(full, head=named.rsplit("/", 1)[0])
+    assert _by_path(roles.Geometry(explicit).resolve(tree)) == got
+
+
 def test_labels_regex_callable_role_and_scanned_names():
     params = {
         "pos_embedding": jnp.ones((10, 4)),
@@ -381,6 +462,43 @@ def test_unclassifiable_leaf_is_an_error_listing_paths_and_the_fix():
         params, labels={"pos": "embedding", "Mix_0/kernel": Role("hidden", (0,), (1, 2))}
     )
     assert _by_path(fixed)["pos"] == EMBEDDING
+
+
+def test_non_parameters_are_named_and_excluded_not_labelled():
+    """Issue 15, item 10: an int32 step count got 'label it bias' (which then failed on its dtype)
+    and ``nnx.state(model)``'s batch statistics and RNG state got advice that would train them.
+    The error says what they are and to pass the parameters only, and names the optimizer."""
+    params = {**_mlp_params(), "step_count": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError) as info:
+        normtx.optimizers.muon(0.1, head="Dense_1").init(params)
+    msg = str(info.value)
+    assert msg.startswith("muon: cannot classify 1 leaf/leaves")
+    assert "'step_count' (shape (), int32): not a parameter (int32: a counter" in msg
+    assert "pass nnx.state(model, nnx.Param)" in msg
+    assert "labels=" not in msg
+
+    class WithState(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(3, 4, rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+            self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    model = WithState(nnx.Rngs(0))
+    # The escape velocity's init resolves the roles first: the error still names modular_descent.
+    tx = normtx.optimizers.modular_descent(1.0, escape_velocity=True)
+    with pytest.raises(ValueError) as info:
+        tx.init(nnx.state(model))
+    msg = str(info.value)
+    assert msg.startswith("modular_descent: cannot classify 4 leaf/leaves")
+    assert "'bn/mean' (shape (4,), float32): not a parameter (a normalization layer's" in msg
+    assert "'drop/rngs/key' (shape (), key<fry>): not a parameter (a PRNG key" in msg
+    assert "'drop/rngs/count' (shape (), uint32): not a parameter (uint32" in msg
+    assert "labels=" not in msg
+    tx.init(nnx.state(model, nnx.Param))  # the advice works
+    # A leaf that may be a parameter still gets the labelling advice, after the others'.
+    with pytest.raises(ValueError, match=r"(?s)'pos'.*nnx.Param.*labels=\{'pos': 'hidden'\}"):
+        roles.infer({**params, "pos": _ones(3, 4)})
 
 
 def test_batch_stats_collection_gets_a_hint():

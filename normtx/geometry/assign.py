@@ -13,7 +13,7 @@ import dataclasses
 import html
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -234,13 +234,8 @@ class Geometry:
         a chain that reads the same geometry); the scales, which may be traced hyperparameters,
         and the leaves themselves are filled in on each call.
         """
-        what = what or self.what
-        flat, treedef = flatten_with_paths(params)
-        key = (treedef, tuple((tuple(np.shape(x)), _dtype_name(x)) for _, x in flat))
-        layout = self._layouts.get(key)
-        if layout is None:
-            layout = self._layout(params, what)
-            self._layouts[key] = layout
+        flat, _ = flatten_with_paths(params)
+        layout, _ = self._resolved(params, what)
         roles = [r for _, r, _, _ in layout]
         s = _scale_values(
             self.scales, self.masses, roles, [n for *_, n in layout], [b for _, _, b, _ in layout]
@@ -250,9 +245,20 @@ class Geometry:
             for (path, role, norm, _), (_, leaf), scale in zip(layout, flat, s, strict=True)
         ]
 
-    def _layout(self, params: Any, what: str) -> list[tuple[str, Role, Norm | None, int]]:
-        """``(path, role, bound norm, layer count)`` per leaf, validated against the leaves."""
-        resolved = resolve_roles(
+    def _resolved(self, params: Any, what: str | None = None) -> tuple[list, str | None]:
+        """``_layout`` of this tree structure, computed once (then read from the cache)."""
+        flat, treedef = flatten_with_paths(params)
+        key = (treedef, tuple((tuple(np.shape(x)), _dtype_name(x)) for _, x in flat))
+        entry = self._layouts.get(key)
+        if entry is None:
+            entry = self._layout(params, what or self.what)
+            self._layouts[key] = entry
+        return entry
+
+    def _layout(self, params: Any, what: str) -> tuple[list, str | None]:
+        """``(path, role, bound norm, layer count)`` per leaf, validated against the leaves, and
+        the path of a head found by position (``None`` if none was)."""
+        resolved, positional = resolve_roles(
             params,
             self.roles,
             head=self.head,
@@ -271,10 +277,15 @@ class Geometry:
                     raise ValueError(f"{what}: {e}") from None
             layers = math.prod(np.shape(leaf)[a] for a in role.layer_axes)
             out.append((path, role, norm, layers))
-        return out
+        return out, positional
 
-    def describe(self, params: Any) -> GeometryTable:
-        """The table of ``normtx.roles.describe`` for ``params``."""
+    def describe(
+        self, params: Any, route: Callable[[Assignment], str] | None = None
+    ) -> GeometryTable:
+        """The table of ``normtx.roles.describe`` for ``params``: path, shape, role, axes, norm,
+        scale, then (with ``route``) what the optimizer does with the leaf, and a note where the
+        head was found by position."""
+        _, positional = self._resolved(params)
         rows = [
             (
                 a.path,
@@ -283,10 +294,14 @@ class Geometry:
                 a.role.describe_axes(),
                 "-" if a.norm is None else a.norm.name,
                 f"{float(a.scale):g}",
+                *(() if route is None else (route(a),)),
+                "head by position (pass head=)" if a.path == positional else "",
             )
             for a in self.assign(params)
         ]
-        return GeometryTable.of(("path", "shape", "role", "axes", "norm", "scale"), rows)
+        header = ("path", "shape", "role", "axes", "norm", "scale")
+        header += ("route", "note") if route is not None else ("note",)
+        return GeometryTable.of(header, rows)
 
 
 class GeometryTable(str):
@@ -364,8 +379,10 @@ def describe(
 
     Takes the arguments of ``normtx.modular_norm_partition`` (one ``Geometry.assign`` computes
     both) and returns a ``GeometryTable``: a string that shows as the aligned table in a REPL
-    and as an HTML table in Jupyter; ``print`` it in a script. The optimizers' own tables (with
-    their routing) come from ``normtx.optimizers.describe``.
+    and as an HTML table in Jupyter; ``print`` it in a script. A head found by position (no
+    module named as the output layer) is noted in its row, and announced by a warning. The
+    optimizers' own tables (with what each does with every leaf: Muon's polar factor or AdamW)
+    come from ``normtx.optimizers.describe``.
 
     Example:
       The params of a small linen model (``model.init(key, x)['params']``; an nnx model's

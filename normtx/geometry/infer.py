@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx.geometry.role import FROZEN, ROLE_NAMES, Role, as_role
@@ -184,8 +187,11 @@ def _kernel_role(lf: _Leaf, module, layers: int | None) -> tuple[Role | None, st
     )
 
 
-def _label_roles(leaves: list[_Leaf], labels: LabelSpec, heads_as_batch: bool) -> set[str]:
-    """Applies ``labels``; returns the paths it labelled."""
+def _label_roles(
+    leaves: list[_Leaf], labels: LabelSpec, heads_as_batch: bool, masked: list[str], what: str
+) -> set[str]:
+    """Applies ``labels``; returns the paths it labelled. A regex that matches only leaves masked
+    out (``optax.MaskedNode``) is not an error: it labels the whole tree."""
     labelled: set[str] = set()
     if labels is None:
         return labelled
@@ -198,15 +204,15 @@ def _label_roles(leaves: list[_Leaf], labels: LabelSpec, heads_as_batch: bool) -
         return labelled
     if not isinstance(labels, Mapping):
         raise ValueError(
-            f"roles.infer: labels must be a dict of path regex -> role name, or a callable "
+            f"{what}: labels must be a dict of path regex -> role name, or a callable "
             f"(path, leaf) -> role name | Role | None; got {labels!r}."
         )
     for pattern, value in labels.items():
-        rx = _path_regex(pattern, "roles.infer: labels")
+        rx = _path_regex(pattern, f"{what}: labels")
         hits = [lf for lf in leaves if rx.fullmatch(lf.path)]
-        if not hits:
+        if not hits and not any(rx.fullmatch(p) for p in masked):
             raise ValueError(
-                f"roles.infer: the labels regex {pattern!r} matches no parameter path. A regex "
+                f"{what}: the labels regex {pattern!r} matches no parameter path. A regex "
                 "matches a whole path or its trailing components; paths are "
                 f"{_some_paths(leaves)}."
             )
@@ -214,7 +220,7 @@ def _label_roles(leaves: list[_Leaf], labels: LabelSpec, heads_as_batch: bool) -
             role = as_role(value, lf.shape, lf.path, heads_as_batch)
             if lf.path in labelled and lf.role != role:
                 raise ValueError(
-                    f"roles.infer: leaf {lf.path!r} is labelled twice, as {lf.role.label!r} and "
+                    f"{what}: leaf {lf.path!r} is labelled twice, as {lf.role.label!r} and "
                     f"{role.label!r} (regex {pattern!r}); make the labels regexes disjoint."
                 )
             lf.role, lf.error = role, None
@@ -227,49 +233,90 @@ def _some_paths(leaves: list[_Leaf], n: int = 16) -> str:
     return f"{paths[:n]}{' …' if len(paths) > n else ''}"
 
 
-def _assign_head(leaves: list[_Leaf], head: HeadSpec, labelled: set[str]) -> None:
+def _module(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/")[:-1])
+
+
+def _assign_head(
+    leaves: list[_Leaf], head: HeadSpec, labelled: set[str], masked: list[str], what: str
+) -> str | None:
+    """Gives the head its role; returns the path of a head found by position (else ``None``).
+
+    ``masked`` are the paths of leaves masked out (``optax.MaskedNode``: ``optax.masked`` and
+    ``optax.partition`` pass the other leaves so). A masked kernel keeps its place, so the head is
+    the whole tree's, and when it is masked no leaf of this tree becomes the head.
+    """
     if head is False:
-        return
+        return None
     dense = [
         lf
         for lf in leaves
         if lf.path not in labelled and lf.role is not None and lf.role == Role("hidden", (0,), (1,))
     ]
+    masked_kernels = [p for p in masked if p.rsplit("/", 1)[-1] == "kernel"]
     if head is not None:
         if not isinstance(head, str):
-            raise ValueError(
-                f"roles.infer: head must be a path regex, False or None, got {head!r}."
-            )
-        rx = _path_regex(head, "roles.infer: head")
+            raise ValueError(f"{what}: head must be a path regex, False or None, got {head!r}.")
+        rx = _path_regex(head, f"{what}: head")
         hits = [lf for lf in leaves if rx.fullmatch("/".join(lf.module)) or rx.fullmatch(lf.path)]
         kernels = [lf for lf in hits if lf in dense]
         if not kernels:
+            if any(rx.fullmatch("/".join(_module(p))) or rx.fullmatch(p) for p in masked_kernels):
+                return None  # the head is masked out here
             found = [f"{lf.path} ({lf.role.label if lf.role else 'unclassified'})" for lf in hits]
             raise ValueError(
-                f"roles.infer: head={head!r} matches no 2-D Dense kernel (it matches {found}). "
+                f"{what}: head={head!r} matches no 2-D Dense kernel (it matches {found}). "
                 "The regex must match a module path or a kernel path (or their trailing "
                 f"components); paths are {_some_paths(leaves)}."
             )
         for lf in kernels:
             lf.role = Role("head", (0,), (1,))
-        return
+        return None
     if any(lf.role is not None and lf.role.name == "head" for lf in leaves):
-        return  # labelled explicitly
+        return None  # labelled explicitly
     # A Dense kernel labelled 'frozen' keeps its place among the candidates (and its label):
-    # freezing the head must not make the layer below it the head.
+    # freezing the head must not make the layer below it the head. Nor must masking it.
     pool = [
         lf
         for lf in leaves
         if lf in dense or (lf.role is not None and lf.role.name == FROZEN and _is_dense_kernel(lf))
     ]
     named = [lf for lf in pool if lf.module and _HEAD_NAME.fullmatch(lf.module[-1].lower())]
-    if not named:
-        top = min(len(lf.module) for lf in leaves)
-        candidates = [lf for lf in pool if len(lf.module) == top]
-        named = [max(candidates, key=lambda lf: _natural_key(lf.path))] if candidates else []
-    for lf in named:
-        if lf in dense:
-            lf.role = Role("head", (0,), (1,))
+    if named or any(
+        _module(p) and _HEAD_NAME.fullmatch(_module(p)[-1].lower()) for p in masked_kernels
+    ):
+        for lf in named:
+            if lf in dense:
+                lf.role = Role("head", (0,), (1,))
+        return None
+    top = min(len(m) for m in [lf.module for lf in leaves] + [_module(p) for p in masked])
+    candidates = [(lf.path, lf) for lf in pool if len(lf.module) == top]
+    candidates += [(p, None) for p in masked_kernels if len(_module(p)) == top]
+    if not candidates:
+        return None
+    path, lf = max(candidates, key=lambda c: _natural_key(c[0]))
+    if lf is not None and lf in dense:
+        lf.role = Role("head", (0,), (1,))
+    return path
+
+
+def _warn_head_by_position(path: str, masked: bool, what: str) -> None:
+    module = _module(path)
+    name = module[-1] if module else path
+    where = (
+        " It is masked out here (optax.MaskedNode), so no leaf of this tree is the head."
+        if masked
+        else ""
+    )
+    warnings.warn(
+        f"{what}: no module is named as the output layer (head, lm_head, *_head, classifier, "
+        f"logits, readout, unembed, output), so {path!r}, the last Dense kernel among the "
+        f"top-level modules, is taken as the head by position.{where} Pass head={name!r} to "
+        "confirm it (this silences the warning), head=False for no head, or head=<regex> to name "
+        "another kernel; normtx.roles.describe and normtx.optimizers.describe show every role.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _is_dense_kernel(lf: _Leaf) -> bool:
@@ -284,9 +331,18 @@ def resolve_roles(
     labels: LabelSpec = None,
     heads_as_batch: bool = False,
     what: str = "roles.infer",
-) -> list[tuple[str, Any, Role]]:
-    """``[(path, leaf, Role), ...]`` in flatten order: explicit ``roles`` or inferred ones."""
-    flat, _ = flatten_with_paths(params)
+) -> tuple[list[tuple[str, Any, Role]], str | None]:
+    """``([(path, leaf, Role), ...], head_by_position)``: every leaf in flatten order with its
+    explicit or inferred role, and the path of the head when it was found by position (the last
+    Dense kernel among the top-level modules, announced by a warning), else ``None``.
+
+    Leaves masked out (``optax.MaskedNode``) get no role, but keep their place in the head rule
+    and may be named by ``labels``, ``head`` and ``roles``, so the roles of the other leaves are
+    the ones they have in the whole tree.
+    """
+    pairs, _ = flatten_with_paths(params, is_leaf=_is_masked)
+    flat = [(p, x) for p, x in pairs if not _is_masked(x)]
+    masked = [p for p, x in pairs if _is_masked(x)]
     if not flat:
         raise ValueError(f"{what}: the parameter tree has no leaves.")
     if roles is not None:
@@ -295,39 +351,83 @@ def resolve_roles(
                 f"{what}: give either an explicit roles tree or head=/labels= for inference, "
                 "not both."
             )
-        return _explicit_roles(flat, roles, heads_as_batch, what)
+        return _explicit_roles(flat, masked, roles, heads_as_batch, what), None
     leaves = []
     for path, leaf in flat:
         comps = path.split("/")
         leaves.append(_Leaf(path, leaf, tuple(np.shape(leaf)), tuple(comps[:-1]), comps[-1]))
     _classify(leaves, heads_as_batch)
-    labelled = _label_roles(leaves, labels, heads_as_batch)
-    _assign_head(leaves, head, labelled)
+    labelled = _label_roles(leaves, labels, heads_as_batch, masked, what)
+    positional = _assign_head(leaves, head, labelled, masked, what)
     bad = [lf for lf in leaves if lf.role is None]
     if bad:
-        lines = "\n".join(f"  {describe_leaf(lf.path, lf.leaf)}: {lf.error}" for lf in bad)
-        example = {0: "bias", 1: "bias", 2: "hidden"}.get(len(bad[0].shape), "conv")
-        collections = sorted({lf.path.split("/")[0] for lf in leaves} - {"params"})
-        hint = (
-            f"If {collections} are Flax collections other than parameters, pass only "
-            "variables['params'] (or nnx.state(model, nnx.Param)). "
-            if any(lf.path.split("/")[0] == "params" for lf in leaves) and collections
-            else ""
-        )
-        raise ValueError(
-            f"{what}: cannot classify {len(bad)} leaf/leaves:\n{lines}\n{hint}"
-            "Label them with labels={path_regex: role_name} (e.g. labels={"
-            f"{bad[0].path.split('/')[-1]!r}: {example!r}}}) or a callable (path, leaf) -> role "
-            f"name | Role | None. Role names: {ROLE_NAMES}, optionally prefixed 'scanned/'; "
-            "normtx.roles.Role(name, fan_in_axes, fan_out_axes, layer_axes, batch_axes) gives "
-            "any other layout."
-        )
+        raise ValueError(_unclassified(leaves, bad, what))
     for lf in leaves:
         lf.role.check(lf.shape, lf.path)
-    return [(lf.path, lf.leaf, lf.role) for lf in leaves]
+    if positional is not None:
+        _warn_head_by_position(positional, positional in masked, what)
+    return [(lf.path, lf.leaf, lf.role) for lf in leaves], positional
 
 
-def _explicit_roles(flat, roles, heads_as_batch, what) -> list[tuple[str, Any, Role]]:
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+# Leaves a model keeps besides its parameters: BatchNorm's running statistics (Flax names them
+# 'mean' and 'var', nnx.BatchStat) and what integer or key arrays hold (step counters, RNG keys
+# and their counts: nnx.RngKey/RngCount, an optimizer's count).
+_STATISTICS = frozenset({"mean", "var"})
+
+
+def _not_a_parameter(lf: _Leaf) -> str | None:
+    """What the leaf is, if it is evidently not a trainable parameter."""
+    dtype = getattr(lf.leaf, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            return "not a parameter (a PRNG key, such as nnx.RngKey's)"
+        return (
+            f"not a parameter ({dtype}: a counter or an index, such as nnx.RngCount or a step "
+            "count; only floating leaves are trained)"
+        )
+    if lf.name in _STATISTICS or "batch_stats" in lf.path.split("/"):
+        return "not a parameter (a normalization layer's running statistic, nnx.BatchStat)"
+    return None
+
+
+def _unclassified(leaves: list[_Leaf], bad: list[_Leaf], what: str) -> str:
+    """The error for leaves no rule classifies: what they are, and how to exclude or label them."""
+    states = {lf.path: _not_a_parameter(lf) for lf in bad}
+    lines = "\n".join(
+        f"  {describe_leaf(lf.path, lf.leaf)}: {states[lf.path] or lf.error}" for lf in bad
+    )
+    advice = []
+    collections = sorted({lf.path.split("/")[0] for lf in leaves} - {"params"})
+    if any(lf.path.split("/")[0] == "params" for lf in leaves) and collections:
+        advice.append(
+            f"If {collections} are Flax collections other than parameters, pass only "
+            "variables['params'] (or nnx.state(model, nnx.Param))."
+        )
+    elif any(states.values()):
+        advice.append(
+            f"{what} trains parameters only: pass nnx.state(model, nnx.Param) (not "
+            "nnx.state(model), which holds batch statistics and RNG state too) or linen's "
+            "variables['params'], and keep other state out of the optimizer (optax.masked, "
+            "optax.partition with optax.set_to_zero)."
+        )
+    unknown = [lf for lf in bad if states[lf.path] is None]
+    if unknown:
+        example = {0: "bias", 1: "bias", 2: "hidden"}.get(len(unknown[0].shape), "conv")
+        advice.append(
+            "Label the parameters with labels={path_regex: role_name} (e.g. labels={"
+            f"{unknown[0].path.split('/')[-1]!r}: {example!r}}}) or a callable (path, leaf) -> "
+            f"role name | Role | None. Role names: {ROLE_NAMES}, optionally prefixed "
+            "'scanned/'; normtx.roles.Role(name, fan_in_axes, fan_out_axes, layer_axes, "
+            "batch_axes) gives any other layout."
+        )
+    return f"{what}: cannot classify {len(bad)} leaf/leaves:\n{lines}\n" + " ".join(advice)
+
+
+def _explicit_roles(flat, masked, roles, heads_as_batch, what) -> list[tuple[str, Any, Role]]:
     is_role = lambda x: isinstance(x, (Role, str))  # noqa: E731
     given, _ = flatten_with_paths(roles, is_leaf=is_role)
     by_path = {}
@@ -340,7 +440,7 @@ def _explicit_roles(flat, roles, heads_as_batch, what) -> list[tuple[str, Any, R
         by_path[path] = value
     paths = [p for p, _ in flat]
     missing = [p for p in paths if p not in by_path]
-    extra = [p for p in by_path if p not in set(paths)]
+    extra = [p for p in by_path if p not in set(paths) | set(masked)]
     if missing or extra:
         raise ValueError(
             f"{what}: the roles tree does not match the parameter tree. Parameters without a "
@@ -414,6 +514,8 @@ def resolve(
     ``roles`` is a pytree of role names / ``Role`` whose leaf paths are those of ``params`` (an
     nnx ``State`` and its pure-array form have the same paths); it is checked against ``params``.
     """
-    resolved = resolve_roles(params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch)
+    resolved, _ = resolve_roles(
+        params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch
+    )
     treedef = jax.tree_util.tree_structure(params)
     return jax.tree_util.tree_unflatten(treedef, [r for _, _, r in resolved])

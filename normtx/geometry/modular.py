@@ -38,11 +38,15 @@ class RoleModular(Modular):
     def __repr__(self) -> str:
         return f"RoleModular({self.geometry!r})"
 
-    def resolve(
-        self, tree: Any, what: str = "modular_norm"
-    ) -> list[tuple[str, Any, Norm | None, Any]]:
-        """``[(path, leaf, norm, scale), ...]`` for every leaf, validated."""
-        return [(a.path, a.leaf, a.norm, a.scale) for a in self.geometry.assign(tree, what)]
+    def resolve(self, tree: Any, what: str = "") -> list[tuple[str, Any, Norm | None, Any]]:
+        """``[(path, leaf, norm, scale), ...]`` for every leaf, validated.
+
+        Errors are named after the function that built the geometry (``muon``,
+        ``modular_descent``, ``modular_norm``: the one the user called), not ``what``, the name of
+        the transform that asks.
+        """
+        del what
+        return [(a.path, a.leaf, a.norm, a.scale) for a in self.geometry.assign(tree)]
 
     def describe(self, tree: Any) -> GeometryTable:
         """The table of ``normtx.roles.describe`` for ``tree``."""

@@ -9,10 +9,12 @@ size), takes keyword-only typed hyperparameters validated at construction, and w
 - ``muon``: ``muon``;
 - ``adaptive_muon``: ``normuon``, ``adamuon`` (Muon with a second moment of its polar factor);
 - ``prodigy``: ``prodigy`` (and ``prodigy_step``, its step before the learning rate);
-- ``soap``: SOAP with decoupled weight decay (``normtx.adaptive.soap``, re-exported).
+- ``soap``: SOAP with decoupled weight decay (``normtx.adaptive.soap``, re-exported);
+- ``describe``: the table of what ``muon``, ``modular_descent`` or ``scion`` does with each leaf.
 """
 
 from normtx.adaptive.soap import soap
+from normtx.optimizers._describe import describe
 from normtx.optimizers.adaptive_muon import adamuon, normuon
 from normtx.optimizers.muon import POLAR_ROLES, muon
 from normtx.optimizers.prodigy import ProdigyMomentsState, prodigy
@@ -28,6 +30,7 @@ __all__ = [
     "POLAR_ROLES",
     "ProdigyMomentsState",
     "adamuon",
+    "describe",
     "modular_descent",
     "muon",
     "normalized_sgd",

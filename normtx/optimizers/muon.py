@@ -33,6 +33,7 @@ from normtx.geometry import (
     Geometry,
     HeadSpec,
     LabelSpec,
+    Role,
     RoleModular,
 )
 from normtx.linalg import NORMALIZATIONS, newton_schulz
@@ -43,6 +44,7 @@ from normtx.optimizers._chains import (
     add_weight_decay,
     check_common,
     check_mu_dtype,
+    check_shapes,
     ema_momentum,
     role_mask,
     skip_frozen,
@@ -103,12 +105,12 @@ def muon(
     mu_dtype: DTypeLike | None = None,
     others: Literal["adamw", "modular"] = "adamw",
     adam_learning_rate: ArrayLike | optax.Schedule | None = None,
-    adam_b1: ArrayLike = 0.9,
-    adam_b2: ArrayLike = 0.999,
-    adam_eps: ArrayLike = 1e-8,
-    adam_eps_root: ArrayLike = 0.0,
-    adam_nesterov: bool = False,
-    adam_weight_decay: ArrayLike = 0.0,
+    adam_b1: ArrayLike | None = None,
+    adam_b2: ArrayLike | None = None,
+    adam_eps: ArrayLike | None = None,
+    adam_eps_root: ArrayLike | None = None,
+    adam_nesterov: bool | None = None,
+    adam_weight_decay: ArrayLike | None = None,
     roles: Any = None,
     head: HeadSpec = None,
     labels: LabelSpec = None,
@@ -186,16 +188,19 @@ def muon(
         parameter's dtype.
       others: ``'adamw'`` or ``'modular'``.
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_eps_root, adam_weight_decay: AdamW's
-        hyperparameters for the other leaves (``others='adamw'``).
+        hyperparameters for the other leaves, by default ``learning_rate``, 0.9, 0.999, 1e-8, 0
+        and 0. ``others='adamw'`` only: with ``others='modular'`` they would have no effect, and
+        giving any of them is an error.
       adam_nesterov: Nesterov momentum in Adam (NAdam; ``optax.contrib.muon`` passes its own
-        ``nesterov`` to Adam).
+        ``nesterov`` to Adam); default ``False``, ``others='adamw'`` only.
       roles, head, labels, heads_as_batch: the roles, as in ``normtx.roles.infer``.
       mesh: ``None`` (default) or a ``jax.sharding.Mesh``: the polar factors are computed for all
         leaves together by the owner-device strategy over its devices (``normtx.sharding``)
         instead of every device computing every one.
 
     Returns:
-      An ``optax.GradientTransformation``.
+      An ``optax.GradientTransformation``. ``normtx.optimizers.describe(params, 'muon', **same
+      arguments)`` lists each leaf's role and route (polar factor, AdamW or the modular step).
 
     Example:
       The hidden kernel steps by ``-lr`` times Newton–Schulz's ``U Vᵀ`` (it keeps the singular
@@ -233,36 +238,47 @@ def muon(
     """
     what = "muon"
     check_common(what, learning_rate, beta, nesterov, weight_decay)
-    check_choice("scale", scale, ("muon", "rms_to_rms", "spectral"), what)
-    check_choice("others", others, ("adamw", "modular"), what)
     check_bool("bias_correction", bias_correction, what)
     check_bool("adaptive", adaptive, what)
-    check_bool("adam_nesterov", adam_nesterov, what)
     check_mu_dtype(mu_dtype, what)
-    if consistent_rms is not None:
-        check_positive("consistent_rms", consistent_rms, what)
-        if scale != "muon":
-            raise ValueError(
-                f"{what}: consistent_rms sets the shape factor √max(d_in, d_out) itself; it "
-                f"replaces scale, which must stay 'muon', got scale={scale!r}."
-            )
-    polar = polar_function(ns_coefficients, ns_steps, what, normalization=normalization)
-    norm = _MUON_NORMS["consistent_rms" if consistent_rms is not None else scale](polar=polar)
-    geometry = polar_geometry(
-        norm,
-        adamw=others == "adamw",
+    adam = {
+        "adam_learning_rate": adam_learning_rate,
+        "adam_b1": adam_b1,
+        "adam_b2": adam_b2,
+        "adam_eps": adam_eps,
+        "adam_eps_root": adam_eps_root,
+        "adam_nesterov": adam_nesterov,
+        "adam_weight_decay": adam_weight_decay,
+    }
+    geometry = muon_geometry(
+        ns_coefficients=ns_coefficients,
+        ns_steps=ns_steps,
+        normalization=normalization,
+        scale=scale,
+        consistent_rms=consistent_rms,
+        others=others,
         roles=roles,
         head=head,
         labels=labels,
         heads_as_batch=heads_as_batch,
-        what=what,
     )
+    if others == "modular":
+        given = [f"{k}={v!r}" for k, v in adam.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"{what}: {', '.join(given)} would have no effect with others='modular' (the "
+                "leaves Muon does not orthogonalize take the modular step of their roles, not "
+                "AdamW); pass others='adamw' to use them, or leave them unset."
+            )
+    adam = {k: _ADAM_DEFAULTS.get(k) if v is None else v for k, v in adam.items()}
+    check_bool("adam_nesterov", adam["adam_nesterov"], what)
     direction = _polar_step(geometry, mesh, adaptive=adaptive, rms=consistent_rms)
     momentum = ema_momentum(beta, nesterov, bias_correction=bias_correction, mu_dtype=mu_dtype)
     if others == "modular":
         if weight_decay_mask is None:
             weight_decay_mask = role_mask(geometry, lambda r: r.is_matrix)
         return optax.chain(
+            check_shapes(what),
             skip_frozen(geometry, momentum),
             direction,
             add_weight_decay(weight_decay, weight_decay_mask),
@@ -277,15 +293,68 @@ def muon(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
-        adam_learning_rate=adam_learning_rate,
-        adam_b1=adam_b1,
-        adam_b2=adam_b2,
-        adam_eps=adam_eps,
-        adam_eps_root=adam_eps_root,
-        adam_nesterov=adam_nesterov,
-        adam_weight_decay=adam_weight_decay,
         mu_dtype=mu_dtype,
+        **adam,
     )
+
+
+_ADAM_DEFAULTS = {
+    "adam_b1": 0.9,
+    "adam_b2": 0.999,
+    "adam_eps": 1e-8,
+    "adam_eps_root": 0.0,
+    "adam_nesterov": False,
+    "adam_weight_decay": 0.0,
+}  # adam_learning_rate: None is learning_rate (adamw_split)
+
+
+def muon_geometry(
+    *,
+    ns_coefficients: NsSchedule | ArrayLike = "muon",
+    ns_steps: int | ArrayLike = 5,
+    normalization: Normalization = "frobenius",
+    scale: MuonScaling = "muon",
+    consistent_rms: ArrayLike | None = None,
+    others: Literal["adamw", "modular"] = "adamw",
+    roles: Any = None,
+    head: HeadSpec = None,
+    labels: LabelSpec = None,
+    heads_as_batch: bool = False,
+) -> Geometry:
+    """The ``Geometry`` ``muon`` builds from these arguments (validated as ``muon`` validates
+    them): its scaled spectral norm on the ``POLAR_ROLES``; with ``others='adamw'`` every other
+    role unnormed (AdamW's leaves), with ``'modular'`` their default norms."""
+    what = "muon"
+    check_choice("scale", scale, ("muon", "rms_to_rms", "spectral"), what)
+    check_choice("others", others, ("adamw", "modular"), what)
+    if consistent_rms is not None:
+        check_positive("consistent_rms", consistent_rms, what)
+        if scale != "muon":
+            raise ValueError(
+                f"{what}: consistent_rms sets the shape factor √max(d_in, d_out) itself; it "
+                f"replaces scale, which must stay 'muon', got scale={scale!r}."
+            )
+    polar = polar_function(ns_coefficients, ns_steps, what, normalization=normalization)
+    norm = _MUON_NORMS["consistent_rms" if consistent_rms is not None else scale](polar=polar)
+    return polar_geometry(
+        norm,
+        adamw=others == "adamw",
+        roles=roles,
+        head=head,
+        labels=labels,
+        heads_as_batch=heads_as_batch,
+        what=what,
+    )
+
+
+def muon_route(role: Role, others: str = "adamw") -> str:
+    """Where Muon sends a leaf of this role: ``'muon'`` (momentum and the polar factor),
+    ``'frozen'`` (a zero update), else ``'adam'`` (``others='adamw'``) or ``'modular'``."""
+    if role.name in POLAR_ROLES:
+        return "muon"
+    if role.name == FROZEN:
+        return FROZEN
+    return "adam" if others == "adamw" else "modular"
 
 
 def _polar_step(
@@ -398,14 +467,12 @@ def adamw_split(
     check_positive("adam_weight_decay", adam_weight_decay, what, allow_zero=True)
     for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
         check_probability(name, value, what)
-    label = role_mask(
-        geometry,
-        lambda r: "muon" if r.name in POLAR_ROLES else FROZEN if r.name == FROZEN else "adam",
-    )
+    label = role_mask(geometry, muon_route)
     adam = optax.scale_by_adam(
         adam_b1, adam_b2, adam_eps, adam_eps_root, mu_dtype=mu_dtype, nesterov=adam_nesterov
     )
     return optax.chain(
+        check_shapes(what),
         optax.partition({"muon": momentum, "adam": adam, FROZEN: optax.set_to_zero()}, label),
         direction,
         optax.partition(

@@ -617,6 +617,17 @@ CASES = [
         r"\['Dense_0/bias', 'Dense_0/kernel'\]",
     ),
     (
+        "gradient_broadcast_into_a_bias_by_normuon",
+        _update(optimizers.normuon(0.1), P, _with_leaf(G, "Dense_1", "bias", _f32(4, 3))),
+        r"normuon: gradient 'Dense_1/bias' \(shape \(4, 3\), float32\) does not match",
+    ),
+    (
+        "gradient_broadcast_into_a_bias_by_prodigy",
+        _update(optimizers.prodigy(), P, _with_leaf(G, "Dense_1", "bias", _f32(4, 3))),
+        r"prodigy: gradient 'Dense_1/bias' \(shape \(4, 3\), float32\), parameter "
+        r"'Dense_1/bias' \(shape \(3,\), float32\) and the parameter at init",
+    ),
+    (
         "gradient_broadcast_into_a_bias_by_scion",
         _update(optimizers.scion(0.1), P, _with_leaf(G, "Dense_0", "bias", _f32(4, 8))),
         r"scion: gradient 'Dense_0/bias' \(shape \(4, 8\), float32\) does not match",

@@ -104,8 +104,8 @@ def _dot(x: jax.Array, y: jax.Array, *, transpose_y: bool = False) -> jax.Array:
 def _gram_blocks(m: int) -> int:
     """Row blocks for ``X Xᵀ``: the product is symmetric, so of ``k²`` blocks only the
     ``k(k + 1)/2`` on and above the diagonal are multiplied — 3/8 fewer flops for ``k = 4``, in
-    smaller matmuls. Below ``m = 512`` the smaller matmuls lose what the flops gain (the
-    threshold and its measurements are in normtx's benchmarks)."""
+    smaller matmuls. Below ``m = 512`` the smaller matmuls lose what the flops gain (a measured
+    threshold)."""
     return 1 if m < 512 else 4
 
 

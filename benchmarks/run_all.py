@@ -24,6 +24,7 @@ BENCHMARKS = (
     "bench_train",
     "bench_lr_transfer",
     "bench_dion",
+    "bench_warmup",
     "bench_accelerator",
 )
 

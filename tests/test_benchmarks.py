@@ -14,7 +14,14 @@ import pytest
 
 import normtx
 
-from benchmarks import bench_accelerator, bench_dion, bench_lr_transfer, bench_step, bench_train
+from benchmarks import (
+    bench_accelerator,
+    bench_dion,
+    bench_lr_transfer,
+    bench_step,
+    bench_train,
+    bench_warmup,
+)
 from benchmarks.tasks import charlm, train
 from benchmarks.tasks import optimizers as opt
 
@@ -163,6 +170,35 @@ def test_bench_dion_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_warmup_quick(tmp_path):
+    rows = bench_warmup.main(["--quick", "--out", str(tmp_path)])
+    payload = _load(tmp_path, "warmup")
+    assert payload["rows"] == rows
+    assert [r["init_lr"] for r in rows] == list(bench_warmup.QUICK["init_lrs"])
+    for r in rows:
+        # η starts at init_lr and never decreases (the monotone prodigy rule).
+        assert r["init_lr"] <= r["eta_10"] <= r["eta_30"] <= r["eta_final"]
+        assert all(math.isfinite(r[k]) for k in ("final_train_loss", "val_loss"))
+        steps = r["steps_to_threshold"]
+        assert steps is None or 1 <= steps <= r["steps"]
+    # The best run makes 90% of its own improvement within the budget.
+    best = min(rows, key=lambda r: r["final_train_loss"])
+    assert best["steps_to_threshold"] is not None
+
+
+@pytest.mark.parametrize(
+    ("losses", "threshold", "expected"), [([3.0, 2.0, 1.0], 2.5, 2), ([3.0, 2.0], 0.5, None)]
+)
+def test_warmup_steps_to_threshold_is_the_first_crossing(losses, threshold, expected):
+    assert bench_warmup.steps_to(np.asarray(losses), threshold) == expected
+
+
+def test_warmup_running_mean_is_the_mean_of_the_last_window():
+    x = np.arange(1.0, 13.0)
+    want = [np.mean(x[max(0, t + 1 - bench_warmup.WINDOW) : t + 1]) for t in range(12)]
+    np.testing.assert_allclose(bench_warmup.running_mean(x), want)
+
+
 def test_bench_step_quick(tmp_path):
     bench_step.main(["--quick", "--out", str(tmp_path)])
     payload = _load(tmp_path, "step")

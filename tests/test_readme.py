@@ -224,3 +224,32 @@ def test_roles_export_claims():
     for name in ("optax_labels", "muon_dimension_numbers"):
         assert f"`normtx.roles.{name}(params)`" in section
         assert name in normtx.roles.__all__
+
+
+def test_escape_velocity_init_lr_claims():
+    """The README's default is modular_descent's, and its numbers are bench_warmup's."""
+    import json
+
+    import jax.numpy as jnp
+    import optax
+
+    text = " ".join(README.read_text().split())
+    claim = re.search(
+        r"`modular_descent\(escape_velocity=True\)` starts its step size at `init_lr = ([0-9.e-]+)`",
+        text,
+    )
+    assert claim
+    tx = normtx.optimizers.modular_descent(1.0, escape_velocity=True)
+    params = {"Dense_0": {"kernel": jnp.ones((3, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
+    eta = optax.tree_utils.tree_get(tx.init(params), "eta")
+    assert float(eta) == float(claim.group(1))
+    numbers = re.search(
+        r"from `([0-9.e-]+)`, 100 steps of the transformer end at ([0-9.]+) against ([0-9.]+) "
+        r"from `([0-9.e-]+)`",
+        text,
+    )
+    rows = json.loads((ROOT / "benchmarks" / "results" / "warmup.json").read_text())["rows"]
+    val = {r["init_lr"]: r["val_loss"] for r in rows if r["task"] == "charlm" and r["steps"] == 100}
+    new, new_loss, old_loss, old = numbers.groups()
+    assert f"{val[float(new)]:.3f}" == new_loss
+    assert f"{val[float(old)]:.3f}" == old_loss

@@ -155,8 +155,14 @@ def escape_velocity_lr(
         rule reads): a ``Norm``, a pytree prefix of Norms, ``(path, leaf) -> Norm | None``, or a
         ``normtx.norms.Modular`` with scales. Use the norm the direction dualizes. Under
         ``optax.inject_hyperparams`` pass a callable ``norm`` in ``static_args``.
-      init_lr: η_0 > 0, far below any good step size (the rule grows it geometrically). Works with
-        ``optax.inject_hyperparams``.
+      init_lr: η_0 > 0, below any good step size (the rule grows it geometrically). Works with
+        ``optax.inject_hyperparams``. With a unit-norm direction (``dualize``, a unit modular
+        step) and a learning rate ≤ 1, Hölder's inequality bounds the quotient by the steps
+        taken so far, ``Σ_{s<t} η_s``: η at most doubles per step, and a start ``k`` orders of
+        magnitude below the useful step costs at least ``3.3 k`` steps of warm-up. Prodigy's
+        ``1e-6`` suits long runs and directions whose useful step cannot be guessed; on a short
+        run start within about two orders of magnitude of it (``modular_descent``, whose unit
+        steps in the modular norm are useful around 0.01–0.2, starts at ``1e-3``).
       rule: ``'prodigy'`` (eq. 28) or ``'cosine'``.
       anchor: ``'initial'`` (``w_0``) or ``'previous'`` (``w_{t-1}``).
       monotone: ``None`` (default): the rule's own — ``True`` for ``'prodigy'``, ``False`` for

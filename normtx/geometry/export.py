@@ -7,8 +7,9 @@ normtx reshapes them), and ``None`` for every other leaf (Adam's).
 
 Both read the roles once, from the whole tree: pass their *results* to optax, not a function that
 calls them. optax calls a callable ``param_labels``/``muon_weight_dimension_numbers`` again inside
-its partition, on a tree whose other leaves are ``optax.MaskedNode``; the roles of the leaves that
-remain could differ there (the head found by position, attention found from its siblings).
+its partition, on a tree whose other leaves are ``optax.MaskedNode``, where some roles cannot be
+read any more: a scanned kernel's layer axes are read off its bias, which Muon's partition masks
+(Adam's leaf), and the kernel is then refused.
 """
 
 from __future__ import annotations

@@ -98,3 +98,22 @@ def induced_norm_lower_bound(k: np.ndarray, alpha: float, beta: float, rng, n: i
     xs = rng.standard_normal((n, k.shape[0]))
     xs = np.concatenate([xs, np.eye(k.shape[0]), np.sign(xs[:200])])
     return (lp(xs @ k, beta, axis=1) / lp(xs, alpha, axis=1)).max()
+
+
+def assert_solves_eq32(g: dict, step: dict, norm, lam: float, eta: float, *, seed: int) -> None:
+    """``step`` minimises ``<g, d> + (λ/2) norm(d)²`` over trees ``d`` (anthology eq. 32): its
+    value is ``-λη²/2`` (eq. 33), and neither the best multiple of 300 random directions nor a
+    point near ``step`` does better."""
+
+    def objective(d):
+        return sum(np.vdot(g[k], d[k]) for k in g) + 0.5 * lam * norm(d) ** 2
+
+    best = objective(step)
+    np.testing.assert_allclose(best, -lam * eta**2 / 2, rtol=1e-4)
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        d = {k: rng.standard_normal(v.shape) * rng.exponential(size=v.shape) for k, v in g.items()}
+        c = max(0.0, -sum(np.vdot(g[k], d[k]) for k in g)) / (lam * norm(d) ** 2)
+        assert best <= objective({k: c * v for k, v in d.items()}) + 1e-6 * abs(best)
+        near = {k: step[k] + 1e-2 * rng.standard_normal(v.shape) for k, v in g.items()}
+        assert best <= objective(near) + 1e-6 * abs(best)

@@ -93,21 +93,10 @@ def test_prop7_step_solves_eq32_for_the_rescaled_norm(lam):
     for k in g:
         np.testing.assert_allclose(state.dual_norms[k], duals[k], rtol=1e-5)
 
-    def norm(d):
+    def norm(d):  # the rescaled modular norm max_l s_l N_l(d_l)/r_l
         return max(S[k] * ORACLES[k][0](d[k]) / r[k] for k in d)
 
-    def objective(d):
-        return sum(np.vdot(g[k], d[k]) for k in g) + 0.5 * lam * norm(d) ** 2
-
-    best = objective(step)
-    np.testing.assert_allclose(best, -lam * eta**2 / 2, rtol=1e-4)
-    rng = np.random.default_rng(3)
-    for _ in range(300):
-        d = {k: rng.standard_normal(v.shape) * rng.exponential(size=v.shape) for k, v in g.items()}
-        c = max(0.0, -sum(np.vdot(g[k], d[k]) for k in g)) / (lam * norm(d) ** 2)
-        assert best <= objective({k: c * v for k, v in d.items()}) + 1e-6 * abs(best)
-        near = {k: step[k] + 1e-2 * rng.standard_normal(v.shape) for k, v in g.items()}
-        assert best <= objective(near) + 1e-6 * abs(best)
+    orc.assert_solves_eq32(g, step, norm, lam, eta, seed=3)
 
 
 def test_a_number_per_role_and_init_for_a_matrix_role():

@@ -65,20 +65,7 @@ def test_prop7_step_beats_feasible_points(lam):
     mod = _modular()
     eta = float(mod.dual_norm(_f32(g))) / lam
     step = jax.tree.map(lambda t: -eta * np.asarray(t, np.float64), mod.dualize(_f32(g)))
-
-    def objective(d):
-        return sum(np.vdot(g[k], d[k]) for k in g) + 0.5 * lam * _oracle_norm(d) ** 2
-
-    best = objective(step)
-    np.testing.assert_allclose(best, -(eta**2) * lam / 2, rtol=1e-4)
-    rng = np.random.default_rng(2)
-    for _ in range(300):
-        d = {k: rng.standard_normal(v.shape) * rng.exponential(size=v.shape) for k, v in g.items()}
-        inner = sum(np.vdot(g[k], d[k]) for k in g)
-        c = max(0.0, -inner) / (lam * _oracle_norm(d) ** 2)  # best multiple of this direction
-        assert best <= objective({k: c * v for k, v in d.items()}) + 1e-6 * abs(best)
-        local = {k: step[k] + 1e-2 * rng.standard_normal(v.shape) for k, v in g.items()}
-        assert best <= objective(local) + 1e-6 * abs(best)
+    orc.assert_solves_eq32(g, step, _oracle_norm, lam, eta, seed=2)
 
 
 def test_stacked_polar_factors_equal_the_leaf_by_leaf_ones(monkeypatch):

@@ -9,10 +9,12 @@ import pathlib
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import normtx
+from normtx._pytree import path_str
 
 from benchmarks import (
     bench_accelerator,
@@ -22,7 +24,7 @@ from benchmarks import (
     bench_train,
     bench_warmup,
 )
-from benchmarks.tasks import charlm, train
+from benchmarks.tasks import charlm, linen_gpt, train
 from benchmarks.tasks import optimizers as opt
 
 
@@ -199,13 +201,75 @@ def test_warmup_running_mean_is_the_mean_of_the_last_window():
     np.testing.assert_allclose(bench_warmup.running_mean(x), want)
 
 
+@pytest.mark.slow
 def test_bench_step_quick(tmp_path):
-    bench_step.main(["--quick", "--out", str(tmp_path)])
+    # One model (linen, nn.scan) keeps the smoke test short: every optimizer's update and train
+    # step are compiled, and each compile takes seconds even for a tiny model.
+    bench_step.main(["--quick", "--models", "gpt-scan", "--out", str(tmp_path)])
     payload = _load(tmp_path, "step")
+    model = bench_step.MODELS["gpt-scan"]
+    assert set(payload["models"]) == {model}
     rows = {r["optimizer"]: r for r in payload["rows"]}
-    assert rows["optax.adamw"]["update_vs_adamw"] == pytest.approx(1.0)
+    assert set(rows) == {
+        "optax.adamw",
+        "optax.contrib.muon",
+        "normtx muon",
+        "normtx modular",
+        "normtx modular + escape velocity",
+    }
+    adamw = rows["optax.adamw"]
+    for key in ("update_vs_adamw", "step_vs_adamw", "compile_vs_adamw"):
+        assert adamw[key] == pytest.approx(1.0)
     # AdamW keeps two moments per parameter: an exact count from jax.eval_shape.
-    assert rows["optax.adamw"]["state_floats_per_param"] == pytest.approx(2.0, abs=1e-6)
+    assert adamw["state_floats_per_param"] == pytest.approx(2.0, abs=1e-6)
+    for r in rows.values():
+        assert r["model"] == model
+        assert min(r["update_ms"], r["train_step_ms"], r["step_trace_s"], r["compile_s"]) > 0
+        assert r["compile_cpu_s"] > r["step_trace_s"]
+        assert r["compile_vs_adamw"] == pytest.approx(r["compile_cpu_s"] / adamw["compile_cpu_s"])
+        assert isinstance(r["update_hlo_lines"], int)
+        assert r["update_hlo_lines"] > 100
+    goals = payload["targets"][model]
+    ev, mod = rows["normtx modular + escape velocity"], rows["normtx modular"]
+    assert goals["modular_ev_hlo_vs_modular<=1.3"] == (
+        ev["update_hlo_lines"] <= 1.3 * mod["update_hlo_lines"]
+    )
+    assert goals["modular_ev_step_vs_adamw<=1.1"] == (ev["step_vs_adamw"] <= 1.1)
+    assert set(goals) >= {"modular_compile_vs_adamw<=1.3", "modular_ev_compile_vs_adamw<=1.5"}
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_linen_gpt_roles_without_labels(scan):
+    # normtx.roles.infer classifies the independent linen GPT, scanned or not, with no labels.
+    depth = 3
+    cfg = linen_gpt.Config(depth=depth, width=16, heads=2, context=8, vocab=32, batch=2, scan=scan)
+    params, batch = linen_gpt.init(cfg)
+    assert batch.shape == (2, 9)
+    assert batch.dtype == jnp.int32
+    assert np.isfinite(float(jax.jit(linen_gpt.loss_fn(cfg))(params, batch)))
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    roles = dict(zip(paths, (r.name for r in jax.tree.leaves(normtx.roles.infer(params)))))
+    expected = {
+        "params/Embed_0/embedding": "embedding",
+        "params/Embed_1/embedding": "embedding",
+        "params/LayerNorm_0/scale": "gain",
+        "params/LayerNorm_0/bias": "bias",
+        "params/head/kernel": "head",
+        "params/head/bias": "bias",
+    }
+    for block in ["params/blocks"] if scan else [f"params/Block_{i}" for i in range(depth)]:
+        for part in ("query", "key", "value", "out"):
+            expected[f"{block}/MultiHeadDotProductAttention_0/{part}/kernel"] = "attention"
+            expected[f"{block}/MultiHeadDotProductAttention_0/{part}/bias"] = "bias"
+        for name in ("Dense_0", "Dense_1"):
+            expected[f"{block}/{name}/kernel"] = "hidden"
+            expected[f"{block}/{name}/bias"] = "bias"
+        for name in ("LayerNorm_0", "LayerNorm_1"):
+            expected[f"{block}/{name}/scale"] = "gain"
+            expected[f"{block}/{name}/bias"] = "bias"
+    assert roles == expected
+    if scan:  # every block parameter carries the layer axis first
+        assert params["params"]["blocks"]["Dense_0"]["kernel"].shape == (depth, 16, 64)
 
 
 @pytest.mark.parametrize(

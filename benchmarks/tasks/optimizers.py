@@ -81,11 +81,18 @@ def muon_dimension_numbers(params) -> dict:
     return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def muon(lr: float, steps: int, *, adam_lr: float) -> optax.GradientTransformation:
+def muon(
+    lr: float, steps: int, *, adam_lr: float, dimension_numbers=None
+) -> optax.GradientTransformation:
+    """``optax.contrib.muon`` with ``dimension_numbers`` (a tree, e.g.
+    ``normtx.roles.muon_dimension_numbers(params)``), by default the path rule
+    ``muon_dimension_numbers``."""
+    if dimension_numbers is None:
+        dimension_numbers = muon_dimension_numbers
     return optax.contrib.muon(
         schedule(lr, steps),
         adam_learning_rate=schedule(adam_lr, steps),
-        muon_weight_dimension_numbers=muon_dimension_numbers,
+        muon_weight_dimension_numbers=dimension_numbers,
     )
 
 

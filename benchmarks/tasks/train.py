@@ -41,6 +41,7 @@ __all__ = [
     "best",
     "finite_or_none",
     "init_params",
+    "loss_step",
     "make_train_step",
     "plot_runs",
     "save_figure",
@@ -125,18 +126,27 @@ def batch_order(seed: int, steps: int, batch_size: int, num_positions: int) -> n
     return rng.integers(0, num_positions, size=(steps, batch_size), dtype=np.int32)
 
 
-def make_train_step(task: Task, graphdef: Any, tx: optax.GradientTransformation) -> Callable:
-    """The pure train step ``(params, opt_state, train_data, positions) -> (params, opt_state,
-    loss)``: one gradient, one optimizer update."""
+def loss_step(loss: Callable[[Any, Any], jax.Array], tx: optax.GradientTransformation) -> Callable:
+    """The pure step ``(params, opt_state, batch) -> (params, opt_state, loss)`` of a loss
+    ``(params, batch) -> scalar`` (any model library): one gradient, one optimizer update."""
 
-    def step(params, opt_state, data, positions):
-        batch = task.get_batch(data, positions)
-        loss_fn = lambda p: task.loss(nnx.merge(graphdef, p), batch)  # noqa: E731
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+    def step(params, opt_state, batch):
+        value, grads = jax.value_and_grad(loss)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, value
 
     return step
+
+
+def make_train_step(task: Task, graphdef: Any, tx: optax.GradientTransformation) -> Callable:
+    """The pure train step ``(params, opt_state, train_data, positions) -> (params, opt_state,
+    loss)`` of ``task``'s nnx model: ``loss_step`` on the batch at ``positions``."""
+    step = loss_step(lambda p, batch: task.loss(nnx.merge(graphdef, p), batch), tx)
+
+    def train_step(params, opt_state, data, positions):
+        return step(params, opt_state, task.get_batch(data, positions))
+
+    return train_step
 
 
 def _make_chunk(task: Task, graphdef: Any, tx: optax.GradientTransformation):

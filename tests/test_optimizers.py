@@ -223,7 +223,9 @@ def test_modular_descent_escape_velocity_is_the_composition_of_its_parts(step):
     computes every polar factor with the same per-matrix operations, so only float32 rounding of
     the sums may differ."""
     params = _f32(_hidden_stack_tree(0))
-    fused = modular_descent(1.0, momentum=0.9, escape_velocity=True, weight_decay=0.01, step=step)
+    fused = modular_descent(
+        1.0, momentum=0.9, escape_velocity=True, weight_decay=0.01, step=step, init_lr=1e-6
+    )  # escape_velocity_lr's default η_0 (modular_descent's own is 1e-3)
     is_matrix = lambda p: jax.tree.map(lambda r: r.is_matrix, normtx.roles.infer(p))  # noqa: E731
     parts = optax.chain(
         normtx.escape_velocity_lr(

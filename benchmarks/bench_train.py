@@ -57,7 +57,7 @@ FULL = {
         "optax.contrib.muon": (0.01, 0.02, 0.04),
         NORMTX_MUON: (0.01, 0.02, 0.04),
         NORMUON: (0.005, 0.01, 0.02, 0.04),
-        SOAP: (1e-3, 2e-3, 4e-3, 8e-3),
+        SOAP: (2e-3, 4e-3, 8e-3, 1.6e-2),
         "normtx modular_descent": (0.015, 0.03, 0.06),
         "normtx sign_descent": (1e-3, 3e-3),
         "normtx spectral_descent": (0.01, 0.03),

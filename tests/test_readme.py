@@ -177,7 +177,7 @@ def test_inject_hyperparams_without_static_args_as_written():
     section = " ".join(_section("Optimizers").split())
     code = re.search(r"with no `static_args`: `([^`]+)`", section).group(1)
     tx = eval(code, {"optax": optax, "normtx": normtx})
-    params = {"Dense_0": {"kernel": jnp.ones((4, 6)), "bias": jnp.zeros(6)}}
+    params = {"Dense_0": {"kernel": jnp.ones((4, 6))}, "head": {"kernel": jnp.ones((6, 2))}}
     state = tx.init(params)
     updates, state = jax.jit(tx.update)(params, state, params)
     assert "ns_steps" in state.hyperparams  # injected, and read at run time

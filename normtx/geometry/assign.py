@@ -404,13 +404,6 @@ def describe(
       head/kernel        (4, 10)  head       (0,)->(1,)  rms_to_rms[newton_schulz]  1
     """
     geometry = Geometry(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what="roles.describe",
+        roles, norms, scales, masses, head, labels, heads_as_batch, "roles.describe"
     )
     return geometry.describe(params)

@@ -105,14 +105,5 @@ def modular_norm(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
-    geometry = Geometry(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what="modular_norm",
-    )
+    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, "modular_norm")
     return RoleModular(geometry, mesh=mesh)

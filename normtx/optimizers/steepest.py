@@ -363,16 +363,7 @@ def modular_descent(
                     "a setting of the escape-velocity step size); pass escape_velocity=True to "
                     f"use it, or leave {name} unset."
                 )
-    geometry = Geometry(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what=what,
-    )
+    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, what)
     mod = RoleModular(geometry, mesh=mesh)
     before = skip_frozen(geometry, ema_momentum(momentum, nesterov, mu_dtype=mu_dtype))
     if weight_decay_mask is None:
@@ -480,16 +471,7 @@ def scion(
             f"{what}: the constrained variant mixes w <- (1-lr) w + lr·lmo, so learning_rate must "
             f"be <= 1, got {learning_rate!r}."
         )
-    geometry = Geometry(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what=what,
-    )
+    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, what)
     return optax.chain(
         check_shapes(what),
         skip_frozen(geometry, ema_momentum(momentum, False, mu_dtype=mu_dtype)),

@@ -176,16 +176,7 @@ def modular_norm_partition(
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
     what = "modular_norm_partition"
-    geometry = Geometry(
-        roles,
-        norms=norms,
-        scales=scales,
-        masses=masses,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what=what,
-    )
+    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, what)
     return modular_step(
         RoleModular(geometry, mesh=mesh), sharpness=sharpness, step=step, target_rms=target_rms
     )

@@ -441,6 +441,25 @@ def test_describe_gives_the_route_muon_takes(others):
     assert {row[0]: row[-2] for row in off.rows}["Dense_2/kernel"] == "polar factor"
 
 
+def test_a_models_only_kernel_taken_as_head_is_reported():
+    """Issue 15, item 4: a tree whose only kernel sits at the top level made it the head by
+    position, and Muon sent it to AdamW without a word. The warning and the table say so, and
+    ``head=False`` orthogonalizes it (Jordan's Newton–Schulz in float64)."""
+    g = {"kernel": np.random.default_rng(0).standard_normal((6, 4)), "bias": np.ones(4)}
+    params = _f32(g)
+    with pytest.warns(UserWarning, match=r"'kernel', the last Dense kernel .* head='kernel'"):
+        table = normtx.optimizers.describe(params, "muon")
+    assert {r[0]: (r[2], r[-2], r[-1]) for r in table.rows}["kernel"] == (
+        "head",
+        "adamw",
+        "head by position (pass head=)",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (u,) = _run(normtx.optimizers.muon(0.1, beta=0.0, head=False), [params], params)
+    np.testing.assert_allclose(u["kernel"], -0.1 * _ns_muon_oracle(g["kernel"]), atol=2e-7)
+
+
 def test_describe_of_modular_descent_and_scion_shows_frozen_and_unnormed_leaves():
     params = _f32(_muon_tree(9))
     kw = dict(head="Dense_2", labels={"embedding": "frozen"}, norms={"bias": None})

@@ -38,8 +38,12 @@ The rules, from how Flax names parameters (``kernel``, ``bias``, ``embedding``, 
 - The head is the kernel the user names (``head=``), else every Dense kernel under a module called
   ``head``, ``lm_head``, ``*_head``, ``classifier``, ``logits``, ``readout``, ``unembed`` or
   ``output``, else the last Dense kernel (in path order, numbers compared as numbers) among the
-  modules at the top level of the model — the shallowest modules of the tree. A model whose top
-  level has no Dense layer (tied embeddings) has no head; ``head=False`` turns the rule off.
+  modules at the top level of the model — the shallowest modules of the tree. A head found by
+  position is reported: a ``UserWarning`` names it (``head='<module>'`` confirms it and silences
+  the warning) and the ``describe`` tables note it. Leaves an ``optax.masked``/``optax.partition``
+  hides (``optax.MaskedNode``) keep their place in this rule, so masking the real head never turns
+  the layer below it into the head. A model whose top level has no Dense layer (tied embeddings)
+  has no head; ``head=False`` turns the rule off.
 
 Anything else is an error that lists the paths and says how to label them: ``labels=`` maps path
 regexes to role names (or ``Role`` objects), or is a callable ``(path, leaf) -> name | Role | None``.

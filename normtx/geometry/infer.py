@@ -8,7 +8,6 @@ attention projections, how the head is found, ``labels=`` overrides) are listed 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,12 +19,11 @@ import numpy as np
 import optax
 
 from normtx._pytree import describe_leaf, flatten_with_paths
+from normtx.geometry.classify import Leaf, classify
 from normtx.geometry.role import FROZEN, ROLE_NAMES, Role, as_role
-from normtx.geometry.role import _attention_role as _attention_role
 
 __all__ = ["HeadSpec", "LabelSpec", "infer", "resolve", "resolve_roles"]
 
-_ATTENTION_PARTS = frozenset({"query", "key", "value", "out"})
 _HEAD_NAME = re.compile(r"(?:.*_)?(?:head|classifier|logits|readout|unembed|unembedding|output)")
 LabelSpec = Mapping[str, "str | Role"] | Callable[[str, Any], "str | Role | None"] | None
 HeadSpec = str | Literal[False] | None
@@ -48,147 +46,8 @@ def _natural_key(path: str):
     ]
 
 
-@dataclasses.dataclass
-class _Leaf:
-    path: str
-    leaf: Any
-    shape: tuple[int, ...]
-    module: tuple[str, ...]
-    name: str
-    role: Role | None = None
-    error: str | None = None
-
-
-def _group_modules(leaves: list[_Leaf]) -> dict[tuple[str, ...], dict[str, _Leaf]]:
-    modules: dict[tuple[str, ...], dict[str, _Leaf]] = {}
-    for lf in leaves:
-        modules.setdefault(lf.module, {})[lf.name] = lf
-    return modules
-
-
-def _is_attention(module: tuple[str, ...], children: Mapping[tuple[str, ...], set[str]]) -> bool:
-    """A ``query``/``key``/``value``/``out`` module beside at least one other of those names."""
-    if not module or module[-1] not in _ATTENTION_PARTS:
-        return False
-    return len(children.get(module[:-1], set()) & _ATTENTION_PARTS) >= 2
-
-
-def _direct_layers(module, members, children) -> int | None:
-    """Layer axes a module's own leaves prove, or ``None`` if they do not fix them."""
-    if "kernel" in members and _is_attention(module, children):
-        return len(members["kernel"].shape) - 3
-    if "embedding" in members:
-        return len(members["embedding"].shape) - 2
-    if "scale" in members:
-        return len(members["scale"].shape) - 1
-    if "kernel" in members:
-        k = members["kernel"].shape
-        if len(k) == 2:
-            return 0
-        bias = members.get("bias")
-        if bias is not None and len(bias.shape) >= 1:
-            d = len(bias.shape) - 1
-            if len(k) >= d + 2 and bias.shape == k[:d] + k[-1:]:
-                return d
-    return None
-
-
-def _enclosing_layers(module, found_under: Mapping[tuple[str, ...], set[int]]) -> int | None:
-    """Layer axes agreed on by the nearest enclosing subtree that has any evidence."""
-    for k in range(len(module), -1, -1):
-        found = found_under.get(module[:k])
-        if found:
-            return next(iter(found)) if len(found) == 1 else None
-    return None
-
-
-def _classify(leaves: list[_Leaf], heads_as_batch: bool) -> None:
-    modules = _group_modules(leaves)
-    children: dict[tuple[str, ...], set[str]] = {}
-    for module in modules:
-        if module:
-            children.setdefault(module[:-1], set()).add(module[-1])
-    evidence = {}
-    found_under: dict[tuple[str, ...], set[int]] = {}  # prefix -> layer counts proven below it
-    for module, members in modules.items():
-        d = _direct_layers(module, members, children)
-        if d is not None and d >= 0:
-            evidence[module] = d
-            for k in range(len(module) + 1):
-                found_under.setdefault(module[:k], set()).add(d)
-    for module, members in modules.items():
-        attention = _is_attention(module, children)
-        d = evidence.get(module)
-        if d is None:
-            d = _enclosing_layers(module, found_under)
-        for name, lf in members.items():
-            rank = len(lf.shape)
-            if name == "kernel" and attention:
-                if rank >= 3:
-                    lf.role = _attention_role(
-                        rank, module[-1] == "out", rank - 3, heads_as_batch, lf.path
-                    )
-                else:
-                    lf.error = "an attention kernel needs 3 axes per layer"
-            elif name == "kernel":
-                lf.role, lf.error = _kernel_role(lf, module, d)
-            elif name == "embedding":
-                if rank >= 2:
-                    lf.role = _shift(Role("embedding", (0,), (1,)), rank - 2)
-                else:
-                    lf.error = "an embedding table needs 2 axes (vocab, features)"
-            elif name in ("bias", "scale"):
-                role = "bias" if name == "bias" else "gain"
-                natural = 2 if (attention and module[-1] != "out") else 1
-                layers = d if d is not None else 0
-                if attention:
-                    layers = max(rank - natural, 0)
-                heads = (layers,) if (attention and natural == 2 and heads_as_batch) else ()
-                lf.role = Role(role, layer_axes=tuple(range(min(layers, rank))), batch_axes=heads)
-            else:
-                lf.error = f"no rule for a leaf named {name!r}"
-
-
-def _shift(role: Role, layers: int) -> Role:
-    if not layers:
-        return role
-    return Role(
-        role.name,
-        tuple(a + layers for a in role.fan_in_axes),
-        tuple(a + layers for a in role.fan_out_axes),
-        tuple(range(layers)),
-        tuple(a + layers for a in role.batch_axes),
-    )
-
-
-def _kernel_role(lf: _Leaf, module, layers: int | None) -> tuple[Role | None, str | None]:
-    rank = len(lf.shape)
-    if rank < 2:
-        return None, "a kernel needs at least 2 axes"
-    if rank == 2:
-        return Role("hidden", (0,), (1,)), None
-    named_conv = bool(module) and "conv" in module[-1].lower()
-    if layers is None:
-        if rank == 4 or named_conv:
-            layers = 0
-        else:
-            return None, (
-                f"a rank-{rank} kernel whose layer axes cannot be told apart from conv axes "
-                "(no bias of shape (*layers, d_out), no agreeing stacked siblings)"
-            )
-    rest = rank - layers
-    if rest == 2:
-        return _shift(Role("hidden", (0,), (1,)), layers), None
-    if rest >= 3 and (rest == 4 or named_conv):
-        return _shift(Role("conv", tuple(range(rest - 1)), (rest - 1,)), layers), None
-    return None, (
-        f"a rank-{rank} kernel with {layers} layer axes leaves {rest} axes: neither a Dense "
-        "kernel (2) nor a conv kernel (HWIO, or a module named *conv*)"
-    )
-
-
 def _label_roles(
-    leaves: list[_Leaf], labels: LabelSpec, heads_as_batch: bool, masked: list[str], what: str
+    leaves: list[Leaf], labels: LabelSpec, heads_as_batch: bool, masked: list[str], what: str
 ) -> set[str]:
     """Applies ``labels``; returns the paths it labelled. A regex that matches only leaves masked
     out (``optax.MaskedNode``) is not an error: it labels the whole tree."""
@@ -228,7 +87,7 @@ def _label_roles(
     return labelled
 
 
-def _some_paths(leaves: list[_Leaf], n: int = 16) -> str:
+def _some_paths(leaves: list[Leaf], n: int = 16) -> str:
     paths = [lf.path for lf in leaves]
     return f"{paths[:n]}{' …' if len(paths) > n else ''}"
 
@@ -238,7 +97,7 @@ def _module(path: str) -> tuple[str, ...]:
 
 
 def _assign_head(
-    leaves: list[_Leaf], head: HeadSpec, labelled: set[str], masked: list[str], what: str
+    leaves: list[Leaf], head: HeadSpec, labelled: set[str], masked: list[str], what: str
 ) -> str | None:
     """Gives the head its role; returns the path of a head found by position (else ``None``).
 
@@ -319,7 +178,7 @@ def _warn_head_by_position(path: str, masked: bool, what: str) -> None:
     )
 
 
-def _is_dense_kernel(lf: _Leaf) -> bool:
+def _is_dense_kernel(lf: Leaf) -> bool:
     return lf.name == "kernel" and len(lf.shape) == 2
 
 
@@ -355,8 +214,8 @@ def resolve_roles(
     leaves = []
     for path, leaf in flat:
         comps = path.split("/")
-        leaves.append(_Leaf(path, leaf, tuple(np.shape(leaf)), tuple(comps[:-1]), comps[-1]))
-    _classify(leaves, heads_as_batch)
+        leaves.append(Leaf(path, leaf, tuple(np.shape(leaf)), tuple(comps[:-1]), comps[-1]))
+    classify(leaves, heads_as_batch)
     labelled = _label_roles(leaves, labels, heads_as_batch, masked, what)
     positional = _assign_head(leaves, head, labelled, masked, what)
     bad = [lf for lf in leaves if lf.role is None]
@@ -379,7 +238,7 @@ def _is_masked(x: Any) -> bool:
 _STATISTICS = frozenset({"mean", "var"})
 
 
-def _not_a_parameter(lf: _Leaf) -> str | None:
+def _not_a_parameter(lf: Leaf) -> str | None:
     """What the leaf is, if it is evidently not a trainable parameter."""
     dtype = getattr(lf.leaf, "dtype", None)
     if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
@@ -394,7 +253,7 @@ def _not_a_parameter(lf: _Leaf) -> str | None:
     return None
 
 
-def _unclassified(leaves: list[_Leaf], bad: list[_Leaf], what: str) -> str:
+def _unclassified(leaves: list[Leaf], bad: list[Leaf], what: str) -> str:
     """The error for leaves no rule classifies: what they are, and how to exclude or label them."""
     states = {lf.path: _not_a_parameter(lf) for lf in bad}
     lines = "\n".join(

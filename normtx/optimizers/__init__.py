@@ -4,8 +4,8 @@ Every optimizer here is documented with the norm it descends (anthology Prop. 1:
 size), takes keyword-only typed hyperparameters validated at construction, and works with
 ``optax.inject_hyperparams``.
 
-- ``steepest``: ``sign_descent``, ``normalized_sgd``, ``spectral_descent``, ``modular_descent``,
-  ``scion``;
+- ``steepest``: ``sign_descent``, ``normalized_sgd``, ``spectral_descent`` (one norm everywhere);
+- ``modular``: ``modular_descent``, ``scion`` (the modular norm of a network, a norm per role);
 - ``muon``: ``muon``;
 - ``adaptive_muon``: ``normuon``, ``adamuon`` (Muon with a second moment of its polar factor);
 - ``prodigy``: ``prodigy`` (and ``prodigy_step``, its step before the learning rate);
@@ -16,15 +16,10 @@ size), takes keyword-only typed hyperparameters validated at construction, and w
 from normtx.adaptive.soap import soap
 from normtx.optimizers._describe import describe
 from normtx.optimizers.adaptive_muon import adamuon, normuon
+from normtx.optimizers.modular import modular_descent, scion
 from normtx.optimizers.muon import POLAR_ROLES, muon
 from normtx.optimizers.prodigy import ProdigyMomentsState, prodigy
-from normtx.optimizers.steepest import (
-    modular_descent,
-    normalized_sgd,
-    scion,
-    sign_descent,
-    spectral_descent,
-)
+from normtx.optimizers.steepest import normalized_sgd, sign_descent, spectral_descent
 
 __all__ = [
     "POLAR_ROLES",

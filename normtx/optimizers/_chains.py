@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +17,7 @@ from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx._validation import check_bool, check_choice, check_positive, check_probability
 from normtx.geometry import FROZEN, Geometry, Role
 from normtx.norms import NormSpec
-from normtx.transforms.dualize import dualize, scale_by_dual_norm
-
-Step = Literal["unit", "dual_norm"]
-"""``'unit'``: the dualized direction alone (a step of norm 1, times the learning rate);
-``'dual_norm'``: the Prop. 1/7 step, the direction times ``Σ_k N_k†(m_k)/λ``."""
+from normtx.transforms.dualize import Step, dualize, scale_by_dual_norm
 
 
 class DebiasedMomentumState(NamedTuple):

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from normtx._validation import check_choice
 from normtx.geometry import FROZEN, Assignment, Geometry, GeometryTable
-from normtx.optimizers.muon import muon, muon_geometry, muon_route
-from normtx.optimizers.steepest import modular_descent, scion
+from normtx.optimizers._muon_parts import muon_geometry, muon_route
+from normtx.optimizers.modular import modular_descent, scion
+from normtx.optimizers.muon import muon
 
 __all__ = ["describe"]
 

@@ -36,7 +36,8 @@ from normtx.geometry import Geometry, HeadSpec, LabelSpec, RoleModular
 from normtx.linalg.ns_coefficients import NsSchedule
 from normtx.norms import spectral
 from normtx.optimizers._chains import check_common, check_mu_dtype, ema_momentum, role_mask
-from normtx.optimizers.muon import POLAR_ROLES, adamw_split, polar_function, polar_geometry
+from normtx.optimizers._muon_parts import adamw_split, polar_function, polar_geometry
+from normtx.optimizers.muon import POLAR_ROLES
 from normtx.transforms.modular import modular_step
 from normtx.transforms.neuron_norm import scale_by_neuron_rms, scale_to_rms
 

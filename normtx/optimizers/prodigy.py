@@ -20,10 +20,10 @@ from normtx._numerics import safe_div, to_compute
 from normtx._pytree import broadcast_to_leaves
 from normtx._validation import check_positive, value_at
 from normtx.norms.vector import linf
-from normtx.transforms.escape_velocity import (
-    _Direction,
-    _escape_velocity,
+from normtx.transforms._step_size import (
+    Direction,
     check_betas,
+    escape_velocity_transform,
     sum_dtype,
 )
 
@@ -245,8 +245,8 @@ def prodigy_step(
 
         return part(0, flat_u), ProdigyMomentsState(mu=part(1, fields[0]), nu=part(2, fields[1]))
 
-    return _escape_velocity(
-        _Direction(init, update),
+    return escape_velocity_transform(
+        Direction(init, update),
         norm=linf(),
         init_lr=estim_lr0,
         rule="prodigy",

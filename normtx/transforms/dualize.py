@@ -14,9 +14,14 @@ from normtx._numerics import sum_widest
 from normtx._validation import check_choice, check_positive, value_at
 from normtx.norms.tree import Modular, NormSpec, as_modular
 
-__all__ = ["ScaleByDualNormState", "dualize", "scale_by_dual_norm"]
+__all__ = ["ScaleByDualNormState", "Step", "dualize", "scale_by_dual_norm"]
 
 Scope = Literal["tree", "leaf"]
+
+Step = Literal["unit", "dual_norm"]
+"""How far a steepest-descent step goes along the dualized direction: ``'unit'``, the direction
+``dualize_l(G_l)/s_l`` alone (a step of norm 1, to be scaled by a learning rate or a step-size
+rule); ``'dual_norm'``, the Prop. 1/7 step, that direction times ``Σ_k N_k†(G_k)/(s_k λ)``."""
 
 
 def dualize(norm: NormSpec | Modular, *, mesh: Mesh | None = None) -> optax.GradientTransformation:

@@ -25,8 +25,8 @@ from normtx.geometry.assign import Geometry, NormsSpec, ScalesSpec
 from normtx.geometry.infer import HeadSpec, LabelSpec
 from normtx.geometry.modular import RoleModular
 from normtx.geometry.role import FROZEN, ROLE_NAMES
-from normtx.transforms.dualize import _assemble
-from normtx.transforms.escape_velocity import _Direction
+from normtx.transforms._step_size import Direction
+from normtx.transforms.dualize import Step, _assemble
 
 __all__ = [
     "ModularNormPartitionState",
@@ -35,10 +35,6 @@ __all__ = [
     "modular_norm_partition",
     "modular_step",
 ]
-
-Step = Literal["dual_norm", "unit"]
-"""``'dual_norm'``: the Prop. 1/7 step ``(Σ_k N_k†(G_k)/(s_k λ)) dualize_l(G_l)/s_l``;
-``'unit'``: the direction ``dualize_l(G_l)/s_l`` alone (a step of norm 1)."""
 
 TargetRmsSpec = Literal["init"] | Mapping[str, float | Literal["init"]] | None
 """The RMS ``r_l`` each role's norm calls unit: ``None`` (1 for every leaf: the norms as they are),
@@ -206,7 +202,7 @@ def modular_direction(
     sharpness: ArrayLike | optax.Schedule = 1.0,
     step: Step = "dual_norm",
     target_rms: TargetRmsSpec = None,
-) -> _Direction:
+) -> Direction:
     """``optax.chain(before, modular_step(mod), after)`` as an ``escape_velocity_lr`` direction that
     also measures: the dual norms the step-size rule needs (of the raw gradient) come out of the
     same stacked polar-factor programs as the partition's own directions (of the momentum), in
@@ -223,7 +219,7 @@ def modular_direction(
         u, s2 = after.update(u, state[2], params)
         return u, (s0, s1, s2), duals
 
-    return _Direction(init, update, measures=True)
+    return Direction(init, update, measures=True)
 
 
 def check_target_rms(target_rms: TargetRmsSpec, what: str) -> dict[str, float | str] | None:

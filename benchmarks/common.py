@@ -31,6 +31,7 @@ __all__ = [
     "median_time",
     "median_times",
     "parse_args",
+    "timed",
     "write_json",
 ]
 
@@ -75,6 +76,14 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(fn(), wall seconds, CPU seconds)``; CPU seconds (``time.process_time``: every thread of
+    this process) do not count the time other processes of a shared machine hold the cores."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 2) -> float:

@@ -22,7 +22,7 @@ def test_demo_quick_writes_outputs(tmp_path, capsys):
     for row in rows:
         assert row["optimizer"] in printed
         numbers = [v for v in row.values() if isinstance(v, float)]
-        assert len(numbers) == 4
+        assert len(numbers) == 5
         assert all(math.isfinite(v) for v in numbers)
     for name, texts in payload["samples"].items():
         assert len(texts) == len(demo.PROMPTS)

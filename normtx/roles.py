@@ -49,7 +49,10 @@ Anything else is an error that lists the paths and says how to label them: ``lab
 regexes to role names (or ``Role`` objects), or is a callable ``(path, leaf) -> name | Role | None``.
 A role name is one of ``ROLE_NAMES``, optionally prefixed ``'scanned/'`` (one leading layer axis).
 Regexes (``labels`` keys and ``head``) match a whole path or its trailing components:
-``'Dense_1'`` matches ``'params/Dense_1'`` but not ``'params/Dense_10'``.
+``'Dense_1'`` matches ``'params/Dense_1'`` but not ``'params/Dense_10'``. A path is the leaf's JAX
+key path as one string, its keys joined by ``'/'`` (dict keys and nnx ``State`` names as they
+are, sequence indices as numbers): ``'params/Dense_0/kernel'``, ``'blocks/0/attn/q_proj/kernel'``;
+a callable receives the same string and the leaf.
 
 ``describe(params)`` returns the table of paths, shapes, roles, norms and scales that
 ``normtx.modular_norm_partition`` uses with the same arguments (``Geometry.assign`` computes

@@ -521,3 +521,16 @@ def test_role_validation():
         Role("hidden", (0,), (0,))
     with pytest.raises(ValueError, match=r"does not fit leaf 'w' of shape \(3, 4\)"):
         roles.infer({"w": jnp.ones((3, 4))}, labels={"w": Role("hidden", (1,), (2,))})
+
+
+def test_labels_callable_receives_slash_joined_key_paths():
+    """The documented path strings: dict keys and sequence indices joined by '/'."""
+    seen = []
+
+    def label(path, leaf):
+        seen.append(path)
+        return "hidden" if leaf.ndim == 2 else "bias"
+
+    params = {"blocks": [{"proj": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}]}
+    roles.infer(params, labels=label, head=False)
+    assert sorted(seen) == ["blocks/0/proj/bias", "blocks/0/proj/kernel"]

@@ -324,7 +324,8 @@ def infer(
       head: a regex naming the output projection (matched against module and kernel paths, or
         their trailing components); ``None`` finds it by name or position; ``False``: no head.
       labels: ``{path_regex: role}`` or ``(path, leaf) -> role | None``, applied before the head
-        rule and taking precedence over inference; a role is a name or a ``Role``.
+        rule and taking precedence over inference; a role is a name or a ``Role``. ``path`` is
+        the leaf's key path joined by ``'/'`` (``'blocks/0/attn/q_proj/kernel'``).
       heads_as_batch: treat each attention head as its own matrix (the heads axis of the q/k/v
         and out kernels becomes a batch axis) instead of one matrix per projection.
 

@@ -60,7 +60,7 @@ TRANSFORMS = {
         normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3
     ),
     "escape_velocity_lr(beta)": lambda: normtx.escape_velocity_lr(
-        normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3, beta=(0.9, 0.99)
+        normtx.dualize(norms.linf()), norm=norms.linf(), init_lr=1e-3, betas=(0.9, 0.99)
     ),
     "escape_velocity_lr(cosine, previous)": lambda: normtx.escape_velocity_lr(
         normtx.dualize(geometry), norm=geometry, rule="cosine", anchor="previous", monotone=False

@@ -189,8 +189,8 @@ CASES = [
     ),
     (
         "escape_velocity_beta_of_one",
-        lambda: normtx.escape_velocity_lr(**EV, beta=(0.9, 1.0)),
-        r"beta must be numbers in \[0, 1\), got \(0\.9, 1\.0\)",
+        lambda: normtx.escape_velocity_lr(**EV, betas=(0.9, 1.0)),
+        r"betas must be numbers in \[0, 1\), got \(0\.9, 1\.0\)",
     ),
     (
         "escape_velocity_max_growth_below_one",
@@ -199,7 +199,7 @@ CASES = [
     ),
     (
         "escape_velocity_float16_state_dtype",
-        lambda: normtx.escape_velocity_lr(**EV, beta=(0.9, 0.99), state_dtype=jnp.float16),
+        lambda: normtx.escape_velocity_lr(**EV, betas=(0.9, 0.99), state_dtype=jnp.float16),
         r"escape_velocity_lr: state_dtype=float16 cannot hold the step-size rule's sums.*bfloat16",
     ),
     (

@@ -28,7 +28,7 @@ def oracle(
     anchor="initial",
     monotone=True,
     max_growth=None,
-    beta=None,
+    betas=None,
     direction=np.sign,
     dual=lambda g: np.abs(g).sum(),
     lr=lambda t: 1.0,
@@ -49,11 +49,11 @@ def oracle(
         if rule == "cosine":
             den = np.linalg.norm(g) * np.linalg.norm(a)
             cand = eta * (1 + g @ a / den) if den > 0 else eta
-        elif beta is None:  # eq. 28 with the dual of the chosen norm
+        elif betas is None:  # eq. 28 with the dual of the chosen norm
             den = dual(g)
             cand = (g @ a) / den if den > 0 else eta
         else:  # eqs. 24-26
-            b3 = np.sqrt(beta[1])
+            b3 = np.sqrt(betas[1])
             r = b3 * r + (1 - b3) * eta**2 * (g @ a)
             s = b3 * s + (1 - b3) * eta**2 * g
             den = dual(s)
@@ -165,8 +165,8 @@ VARIANTS = [
     dict(rule="cosine", anchor="previous", monotone=False),
     dict(rule="prodigy", anchor="initial", monotone=True, max_growth=1.3),
     dict(rule="cosine", anchor="previous", monotone=False, max_growth=1.5),
-    dict(rule="prodigy", anchor="initial", monotone=True, beta=(0.9, 0.99)),
-    dict(rule="prodigy", anchor="previous", monotone=False, beta=(0.5, 0.8)),
+    dict(rule="prodigy", anchor="initial", monotone=True, betas=(0.9, 0.99)),
+    dict(rule="prodigy", anchor="previous", monotone=False, betas=(0.5, 0.8)),
 ]
 
 
@@ -224,7 +224,7 @@ def test_schedule_composed_after_is_seen_through_the_weights():
 def test_beta_zero_is_eq28():
     # Prodigy's EMAs with β₂ = 0 (β₃ = 0) leave r_t / ‖s_t‖† = <g_t, a_t> / ‖g_t‖† (eq. 28).
     e1, w1, _ = run(
-        sign_descent(init_lr=0.05, beta=(0.0, 0.0)), _jgrad(jnp.float64), jnp.zeros(3), 6
+        sign_descent(init_lr=0.05, betas=(0.0, 0.0)), _jgrad(jnp.float64), jnp.zeros(3), 6
     )
     e2, w2, _ = run(sign_descent(init_lr=0.05), _jgrad(jnp.float64), jnp.zeros(3), 6)
     np.testing.assert_allclose(e1, e2, rtol=1e-12)
@@ -291,7 +291,7 @@ def test_prodigy_rule_with_previous_anchor_cannot_grow():
 
 
 # ---- reliability: zero, tiny and huge gradients ------------------------------------------------
-ALL_VARIANTS = [*VARIANTS[:8], dict(rule="prodigy", anchor="initial", beta=(0.9, 0.999))]
+ALL_VARIANTS = [*VARIANTS[:8], dict(rule="prodigy", anchor="initial", betas=(0.9, 0.999))]
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
@@ -369,7 +369,7 @@ def test_ema_rule_is_nan_free_at_extreme_scales(scale):
     # keep 1e30 gradients finite: never NaN.
     grad = _jgrad(F32)
     etas, ws, state = run(
-        sign_descent(init_lr=1e-3, beta=(0.9, 0.999)),
+        sign_descent(init_lr=1e-3, betas=(0.9, 0.999)),
         lambda w: jnp.asarray(scale, F32) * grad(w),
         jnp.zeros(3, F32),
         100,
@@ -394,7 +394,7 @@ def _floats_per_param(state, params) -> float:
         (dict(anchor="previous"), 1),
         (dict(rule="cosine"), 1),
         (dict(rule="cosine", anchor="previous", monotone=False), 1),
-        (dict(beta=(0.9, 0.999)), 2),
+        (dict(betas=(0.9, 0.999)), 2),
     ],
 )
 def test_state_memory_floats_per_param(kw, expected):
@@ -414,7 +414,7 @@ def test_state_memory_floats_per_param(kw, expected):
 def test_state_dtype_is_explicit():
     params = {"k": jnp.zeros((8, 4), F32), "b": jnp.zeros((4,), F32)}
     tx = normtx.escape_velocity_lr(
-        normtx.dualize(norms.linf()), norm=norms.linf(), beta=(0.9, 0.99), state_dtype=jnp.bfloat16
+        normtx.dualize(norms.linf()), norm=norms.linf(), betas=(0.9, 0.99), state_dtype=jnp.bfloat16
     )
     shapes = jax.eval_shape(tx.init, params)
     assert {x.dtype for x in jax.tree.leaves((shapes.anchor, shapes.grad_sum))} == {
@@ -436,7 +436,7 @@ def test_float16_params_keep_the_ema_sums_in_float32():
     η stayed at η_0 for ever. ``s_t`` is float32 for float16 leaves, and η follows the float64
     oracle of eqs. 24-28 run on the same float16 weights and gradients."""
     grad = lambda w: _f16(_grad(w))  # noqa: E731  (the gradient a float16 model gives)
-    tx = sign_descent(init_lr=1e-4, beta=(0.9, 0.99))
+    tx = sign_descent(init_lr=1e-4, betas=(0.9, 0.99))
     w = jnp.zeros(3, jnp.float16)
     state = tx.init(w)
     assert state[0].grad_sum.dtype == F32
@@ -447,7 +447,7 @@ def test_float16_params_keep_the_ema_sums_in_float32():
         u, state = step(jnp.asarray(grad(np.asarray(w)), jnp.float16), state, w)
         w = optax.apply_updates(w, u)
         etas.append(float(state[0].eta))
-    want_etas, want_ws = oracle(grad, np.zeros(3), 30, init_lr=1e-4, beta=(0.9, 0.99), cast=_f16)
+    want_etas, want_ws = oracle(grad, np.zeros(3), 30, init_lr=1e-4, betas=(0.9, 0.99), cast=_f16)
     assert want_etas[-1] > 1e3 * want_etas[0]  # the rule escapes: η grows a thousandfold
     np.testing.assert_allclose(etas, want_etas, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(w, np.float64), want_ws[-1])
@@ -456,7 +456,7 @@ def test_float16_params_keep_the_ema_sums_in_float32():
 DONATED = {
     "initial": lambda: sign_descent(init_lr=0.05),
     "previous": lambda: sign_descent(init_lr=0.05, anchor="previous"),
-    "ema": lambda: sign_descent(init_lr=0.05, beta=(0.9, 0.99)),
+    "ema": lambda: sign_descent(init_lr=0.05, betas=(0.9, 0.99)),
     "prodigy": lambda: normtx.optimizers.prodigy(),
 }
 
@@ -529,9 +529,9 @@ def test_update_returns_eta_times_direction():
         (dict(init_lr=-1e-6), "init_lr must be > 0"),
         (dict(max_growth=1.0), "max_growth must be > 1"),
         (dict(max_growth=0.5), "max_growth must be > 1"),
-        (dict(beta=(0.9, 1.0)), r"beta must be numbers in \[0, 1\)"),
-        (dict(beta=0.9), "beta must be a pair"),
-        (dict(beta=(0.9, 0.99), rule="cosine"), "needs rule='prodigy'"),
+        (dict(betas=(0.9, 1.0)), r"betas must be numbers in \[0, 1\)"),
+        (dict(betas=0.9), "betas must be a pair"),
+        (dict(betas=(0.9, 0.99), rule="cosine"), "needs rule='prodigy'"),
         (dict(monotone="yes"), "monotone must be True or False"),
         (dict(state_dtype=jnp.int32), "state_dtype must be a floating dtype"),
     ],

@@ -318,7 +318,7 @@ def _direction():
     [
         (
             lambda dt: normtx.escape_velocity_lr(
-                _direction(), norm=norms.linf(), beta=(0.9, 0.99), state_dtype=dt
+                _direction(), norm=norms.linf(), betas=(0.9, 0.99), state_dtype=dt
             ),
             ("anchor", "grad_sum"),
         ),

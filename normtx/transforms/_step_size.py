@@ -78,15 +78,15 @@ class Direction(NamedTuple):
 EmaWeights = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def check_betas(beta: Any, what: str, name: str = "beta") -> tuple[float, float]:
+def check_betas(betas: Any, what: str, name: str = "betas") -> tuple[float, float]:
     """``(β₁, β₂)`` with both in ``[0, 1)``, or a ``ValueError``."""
     try:
-        b1, b2 = beta
+        b1, b2 = betas
     except (TypeError, ValueError):
-        raise ValueError(f"{what}: {name} must be a pair (b1, b2), got {beta!r}.") from None
+        raise ValueError(f"{what}: {name} must be a pair (b1, b2), got {betas!r}.") from None
     for b in (b1, b2):
         if not isinstance(b, numbers.Real) or not 0 <= b < 1:
-            raise ValueError(f"{what}: {name} must be numbers in [0, 1), got {beta!r}.")
+            raise ValueError(f"{what}: {name} must be numbers in [0, 1), got {betas!r}.")
     return float(b1), float(b2)
 
 

@@ -45,7 +45,7 @@ def escape_velocity_lr(
     anchor: Anchor = "initial",
     monotone: bool | None = None,
     max_growth: ArrayLike | None = None,
-    beta: tuple[float, float] | None = None,
+    betas: tuple[float, float] | None = None,
     state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""Scales a direction by a step size that warms up to the escape velocity (Story III).
@@ -70,13 +70,13 @@ def escape_velocity_lr(
     prodigy rule takes the quotient itself and the cosine rule the factor itself, both floored at
     ``init_lr``; ``monotone=True`` keeps η from decreasing under either rule (the cosine rule then
     only grows η). ``max_growth`` caps ``η_{t+1}/η_t``.
-    ``beta=(β₁, β₂)`` turns Prodigy's EMAs on (eqs. 24–26, rule ``'prodigy'`` only)::
+    ``betas=(β₁, β₂)`` turns Prodigy's EMAs on (eqs. 24–26, rule ``'prodigy'`` only)::
 
         r_t = √β₂ r_{t-1} + (1-√β₂) η_t² <g_t, a_t>,   s_t = √β₂ s_{t-1} + (1-√β₂) η_t² g_t,
         η_{t+1} = max(η_t, r_t / ‖s_t‖†);
 
     β₁ is Prodigy's first-moment coefficient (eq. 22): it belongs to Prodigy's direction, not to
-    the step-size rule, and is only validated here (``beta=(0, 0)`` is eq. 28 again).
+    the step-size rule, and is only validated here (``betas=(0, 0)`` is eq. 28 again).
 
     An update that carries no information — a zero gradient on every normed leaf, a zero or
     non-finite quotient denominator — leaves η unchanged; nothing here divides 0 by 0, so zero,
@@ -98,9 +98,9 @@ def escape_velocity_lr(
     ===============================================  ======================================
     configuration                                    floats per parameter in this state
     ===============================================  ======================================
-    ``beta=None``, ``anchor='initial'``              1 (``w_0``)
-    ``beta=None``, ``anchor='previous'``             1 (``w_{t-1}``)
-    ``beta=(β₁, β₂)``                                2 (the anchor and ``s_t``)
+    ``betas=None``, ``anchor='initial'``              1 (``w_0``)
+    ``betas=None``, ``anchor='previous'``             1 (``w_{t-1}``)
+    ``betas=(β₁, β₂)``                                2 (the anchor and ``s_t``)
     ``optimizers.prodigy`` (Adam direction)          4 (``w_0``, ``s_t``, ``m_t``, ``v_t``)
     ===============================================  ======================================
 
@@ -125,7 +125,7 @@ def escape_velocity_lr(
       monotone: ``None`` (default): the rule's own — ``True`` for ``'prodigy'``, ``False`` for
         ``'cosine'``; ``True``: η never decreases; ``False``: it may, down to ``init_lr``.
       max_growth: ``None`` or a cap ``> 1`` on ``η_{t+1}/η_t``.
-      beta: ``None`` (no EMA, eq. 28) or ``(β₁, β₂)`` in ``[0, 1)`` (eqs. 24–26).
+      betas: ``None`` (no EMA, eq. 28) or ``(β₁, β₂)`` in ``[0, 1)`` (eqs. 24–26).
       state_dtype: dtype of the anchor and ``s_t``; default: each parameter's own dtype, except
         that ``s_t`` of a float16 parameter is float32 (its η²-weighted terms underflow float16).
         float16 itself is refused: bfloat16 has float32's range in the same 2 bytes.
@@ -178,12 +178,12 @@ def escape_velocity_lr(
     if monotone is None:
         monotone = rule == "prodigy"  # each rule as written: eq. 28's max; η_t (1 + cos θ_t)
     beta3 = None
-    if beta is not None:
+    if betas is not None:
         if rule != "prodigy":
             raise ValueError(
-                f"{what}: beta (Prodigy's EMAs, eqs. 24-26) needs rule='prodigy', got rule={rule!r}."
+                f"{what}: betas (Prodigy's EMAs, eqs. 24-26) needs rule='prodigy', got rule={rule!r}."
             )
-        _, b2 = check_betas(beta, what)
+        _, b2 = check_betas(betas, what)
         beta3 = b2**0.5
 
     def ema_weights(eta, count):

@@ -187,21 +187,6 @@ BASE = {
         adam_eps=1e-3,
         adam_weight_decay=0.1,
     ),
-    "adamuon": dict(
-        learning_rate=0.1,
-        beta=0.9,
-        beta2=0.8,
-        eps=1e-3,
-        rms=0.3,
-        ns_coefficients=_MUON_NS,
-        ns_steps=5,
-        weight_decay=0.1,
-        adam_learning_rate=0.01,
-        adam_b1=0.8,
-        adam_b2=0.9,
-        adam_eps=1e-3,
-        adam_weight_decay=0.1,
-    ),
     "normalized_sgd": dict(
         learning_rate=0.1, momentum=0.5, weight_decay=0.1, step="dual_norm", sharpness=2.0
     ),
@@ -251,6 +236,7 @@ BASE = {
     "scale_by_soap": _SOAP,
     "soap": dict(_SOAP, learning_rate=0.1, weight_decay=0.1),
 }
+BASE["adamuon"] = BASE["normuon"]  # the same hyperparameters (AdaMuon, NorMuon)
 
 # The second value of each pair: half the first, unless that is invalid or not visible in one step.
 SECOND = {

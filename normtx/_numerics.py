@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 __all__ = [
     "compute_dtype",
     "div_by_max",
     "finite_matrices",
-    "max_scaler",
     "safe_div",
     "sum_widest",
     "to_compute",
@@ -69,45 +65,23 @@ def finite_matrices(x: jax.Array) -> jax.Array:
     return jnp.all(jnp.isfinite(x), axis=(-2, -1), keepdims=True)
 
 
-def _pow2(k: jax.Array, dtype) -> jax.Array:
-    """``2^k`` exactly in ``dtype`` (float32 or float64) for integers ``k`` in its normal range."""
-    info = jnp.finfo(dtype)
-    biased = k + (info.maxexp - 1)
-    return lax.bitcast_convert_type(biased << info.nmant, dtype)
-
-
 def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
     """``x / m`` for ``m = max|x|`` over a reduction group (broadcastable to ``x``): in ``[-1, 1]``.
 
     Safe for every finite ``m``, which ``x / m`` is not: XLA rewrites a division by a broadcast
     scalar as a product with ``1/m``, subnormal for ``m >= 2^126`` (8.5e37 in float32) and flushed
-    to 0 on CPU — a 1e38 gradient had a zero direction. Here ``m = f·2^e`` with ``e`` read off
-    the exponent bits of ``m`` (``1 <= f < 2`` for a normal ``m``; a subnormal ``m`` has the
-    smallest ``e`` and ``f < 1``): ``x`` is scaled by ``2^-e`` exactly (two normal halves), then
-    divided by ``f``. A handful of integer operations, no ``frexp``: this runs for every leaf of
-    every update, and its size is compile time. ``m = 0`` (so ``x = 0``) gives 0. A non-finite
-    ``m`` (a NaN or Inf in the group) makes the whole group NaN: visible downstream, and never an
-    Inf inside LAPACK (its SVD of a matrix with an Inf entry hangs). float32 or float64.
+    to 0 on CPU — a 1e38 gradient had a zero direction — and infinite for a subnormal ``m``. Here
+    both are first multiplied by ``c = 2^-k`` when ``m > 2^k``, ``c = 2^k`` when ``m < 2^-k``, else
+    1 (``k`` half the exponent range: 64 in float32, 512 in float64): a power of two, so the
+    quotient is unchanged (an entry that ``c`` would flush to 0 has a quotient below the smallest
+    normal number anyway), and ``1/(c m)`` stays normal. A compare, a select and two products per
+    group: this runs for every leaf of every update, and its size is compile time. ``m = 0`` (so
+    ``x = 0``) gives 0. A non-finite ``m`` (a NaN or Inf in the group) makes the whole group NaN:
+    visible downstream, and never an Inf inside LAPACK (its SVD of a matrix with an Inf entry
+    hangs). float32 or float64.
     """
-    return max_scaler(m, x.dtype)(x)
-
-
-def max_scaler(m: jax.Array, dtype) -> Callable[[jax.Array], jax.Array]:
-    """``x -> div_by_max(x, m)`` with the exponent work done once: for many arrays sharing ``m``
-    (every leaf of a tree divided by the tree's largest entry), each then costs three products
-    and a division."""
-    info = jnp.finfo(dtype)
-    itype = jnp.int32 if info.bits == 32 else jnp.int64
-    m = m.astype(dtype)
-    bits = lax.bitcast_convert_type(m, itype)
-    field = (bits >> info.nmant) & ((1 << info.nexp) - 1)
-    e = jnp.maximum(field, 1) - (info.maxexp - 1)  # a subnormal m scales like the smallest normal
-    h = e >> 1  # floor(e / 2): both halves 2^-h and 2^(h-e) stay normal
-    lo, hi = _pow2(-h, dtype), _pow2(h - e, dtype)
-    f = m * lo * hi
-    finite = jnp.isfinite(m)
-
-    def scale(x: jax.Array) -> jax.Array:
-        return jnp.where(finite, safe_div(x * lo * hi, f), jnp.nan)
-
-    return scale
+    info = jnp.finfo(x.dtype)
+    m = m.astype(x.dtype)
+    big = jnp.asarray(2.0 ** (info.maxexp // 2), x.dtype)
+    c = jnp.where(m > big, 1 / big, jnp.where(m < 1 / big, big, 1)).astype(x.dtype)
+    return jnp.where(jnp.isfinite(m), safe_div(x * c, m * c), jnp.nan)

@@ -95,15 +95,6 @@ class Norm(abc.ABC):
         del shape, path
         return None
 
-    def _kernel(self) -> Norm:
-        """This norm without the axes that pick a leaf's slices.
-
-        ``_norms``/``_duals``/``_directions`` read only the slices, so two leaves whose norms have
-        one kernel and whose slices have one shape and dtype can be measured as one stack (one
-        program per stack instead of one per leaf: ``normtx.norms.Modular``).
-        """
-        return self
-
     def _prepare(self, x: jax.Array, path: str) -> tuple[jax.Array, Inverse]:
         x = jnp.asarray(x)
         self.check_leaf(x, path)

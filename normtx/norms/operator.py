@@ -85,9 +85,6 @@ class OperatorNorm(Norm):
     def _slices(self, x: jax.Array, path: str) -> tuple[jax.Array, Inverse]:
         return as_matrices(x, self.dims(x.shape, path))
 
-    def _kernel(self) -> Norm:
-        return dataclasses.replace(self, fan_in_axes=None, fan_out_axes=None)
-
     def _factor(self, d_in: int, d_out: int) -> float:
         """``‖K‖ = factor · base(K)``; the dual divides by it and so does ``dualize``."""
         del d_in, d_out

@@ -165,7 +165,7 @@ class Modular:
 
     def leaf_dual_norms(self, entries: Sequence[Entry]) -> list[jax.Array]:
         """``N_l†(x_l)`` for ``(path, x, norm)`` entries (computed as ``measure`` of
-        ``leaf_duals_and_directions``: polar factors and same-shape slices stacked)."""
+        ``leaf_duals_and_directions``: polar factors stacked by shape)."""
         return self.leaf_duals_and_directions([], measure=entries)[2]
 
     def leaf_duals_and_directions(
@@ -175,42 +175,29 @@ class Modular:
 
         Unscaled (no ``s_l``), in the compute dtype, directions in their leaf's shape. One
         decomposition serves both: the dual is read off the direction, ``<x, dualize(x)> = ‖x‖†``.
-        Everything is computed in stacks, one program per stack instead of one per leaf: the
-        polar factors of the spectral family (``Norm._polar_plan``) of the entries and of the
-        measured arrays together, one Newton–Schulz iteration per matrix shape (on its owner
-        devices under a mesh); every other norm's slices grouped by kernel, slice shape and
-        dtype (``Norm._kernel``). A step-size rule that measures the raw gradient while the
+        The polar factors of the spectral family (``Norm._polar_plan``) of the entries and of the
+        measured arrays are computed together, one Newton–Schulz program per matrix shape (on its
+        owner devices under a mesh): a step-size rule that measures the raw gradient while the
         direction dualizes the momentum (``escape_velocity_lr`` over ``modular_descent``) thus
-        runs one iteration per shape for both.
+        runs one iteration per shape for both. Every other norm is elementwise work and a few
+        reductions, computed leaf by leaf: stacking those leaves would save no program and make
+        XLA compute every stack once for each of its leaves.
         """
         rows = [(p, x, n, True) for p, x, n in entries] + [(p, x, n, False) for p, x, n in measure]
         polars = self._polar_directions([r[:3] for r in rows])
         duals: list[Any] = [None] * len(rows)
         directions: list[Any] = [None] * len(rows)
-        for i, t in polars.items():
-            duals[i] = jnp.sum(to_compute(rows[i][1]) * t)
-            directions[i] = t
-        groups: dict[Any, list] = {}
         for i, (path, x, n, want) in enumerate(rows):
-            if i not in polars:
-                sl, inverse = n._slices(to_compute(x), path)
-                key = (n._kernel(), sl.shape[1:], sl.dtype, want)
-                groups.setdefault(key, []).append((i, sl, inverse))
-        for (kernel, _, _, want), members in groups.items():
-            stack = jnp.concatenate([sl for _, sl, _ in members]) if len(members) > 1 else None
-            stack = members[0][1] if stack is None else stack
-            if want:
-                t_all = kernel._directions(stack)
-                per_slice = jnp.sum(stack * t_all, axis=tuple(range(1, stack.ndim)))
+            x = to_compute(x)
+            if i in polars:
+                directions[i] = polars[i]
+                duals[i] = jnp.sum(x * polars[i])
+            elif want:
+                sl, inverse = n._slices(x, path)
+                t = n._directions(sl)
+                duals[i], directions[i] = jnp.sum(sl * t), inverse(t)
             else:
-                t_all, per_slice = None, kernel._duals(stack)
-            start = 0
-            for i, sl, inverse in members:
-                stop = start + sl.shape[0]
-                duals[i] = jnp.sum(per_slice[start:stop])
-                if want:
-                    directions[i] = inverse(t_all[start:stop])
-                start = stop
+                duals[i] = jnp.sum(n._duals(n._slices(x, path)[0]))
         k = len(entries)
         return duals[:k], directions[:k], duals[k:]
 

@@ -55,9 +55,6 @@ class VectorNorm(Norm):
         batch = {a % x.ndim for a in self.batch_axes} if x.ndim else set()
         return flatten_axes(x, [tuple(a for a in range(x.ndim) if a not in batch)])
 
-    def _kernel(self) -> Norm:
-        return dataclasses.replace(self, batch_axes=())
-
     def _norms(self, s):
         return self._factor(s.shape[-1]) * pnorm(s, self.p)
 

@@ -9,7 +9,6 @@ it; ``escape_velocity_lr`` documents it.
 
 from __future__ import annotations
 
-import functools
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from normtx._numerics import compute_dtype, max_scaler, safe_div, to_compute, widest_float
+from normtx._numerics import compute_dtype, div_by_max, safe_div, to_compute, widest_float
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx._validation import check_choice, check_positive
 from normtx.norms.tree import Modular, NormSpec, as_modular
@@ -173,9 +172,8 @@ def escape_velocity_transform(
         if rule == "cosine":
             num, den = _cosine_terms(gs, diffs)
         elif beta3 is None:
-            gh = _unit_scaled(gs)
-            num = _vdot(gh, diffs, eta.dtype)
-            measured = gh
+            measured, ratios = _unit_scaled(gs)
+            num = _vdot(measured, diffs, eta.dtype, ratios)
         else:
             w_r, w_s = (jnp.asarray(w, eta.dtype) for w in ema_weights(eta, count))
             num = beta3 * state.numerator + w_r * _vdot(gs, diffs, eta.dtype)
@@ -185,6 +183,7 @@ def escape_velocity_transform(
                 for s, g in zip(old_s, g_leaves, strict=True)
             ]
             measured = [to_compute(s_leaves[i]) for i in normed]
+            ratios = None
         measure = (
             []
             if measured is None
@@ -198,9 +197,10 @@ def escape_velocity_transform(
         elif measure:
             duals = mod.leaf_dual_norms(measure)
         if measure:
-            den = sum(
-                (d.astype(eta.dtype) / s for d, (*_, s) in zip(duals, entries, strict=True)),
-                jnp.zeros([], eta.dtype),
+            den = _weighted_sum(
+                [d.astype(eta.dtype) / s for d, (*_, s) in zip(duals, entries, strict=True)],
+                ratios,
+                eta.dtype,
             )
         cand = (
             eta * (1 + safe_div(num, den))
@@ -304,31 +304,48 @@ def _scalar_dtype(params) -> jnp.dtype:
     return widest_float(*floats)
 
 
-def _absmax(xs: list[jax.Array]) -> jax.Array:
-    return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x)) for x in xs])
+def _unit_scaled(xs: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+    """``x / max|x|`` over the whole list, as ``(x_l / m_l, m_l / M)`` per leaf.
 
-
-def _unit_scaled(xs: list[jax.Array]) -> list[jax.Array]:
-    """``x / max|x|`` over the whole list (zeros stay zero): quotients unchanged, no overflow."""
+    ``m_l = max|x_l|`` and ``M = max_l m_l``: each leaf is scaled by its own largest entry (zeros
+    stay zero, nothing overflows) and the factor ``r_l = m_l / M`` in ``[0, 1]`` that makes it
+    ``x_l / M`` is returned apart, to be applied to the scalars (inner products, dual norms are
+    homogeneous) instead of to every entry: the elementwise work of a leaf then reads no scalar
+    computed from the other leaves, which XLA would copy into every leaf's kernel.
+    """
     if not xs:
-        return xs
-    m = _absmax(xs)
-    scalers = {d: max_scaler(m, d) for d in {x.dtype for x in xs}}  # the exponent work once
-    return [scalers[x.dtype](x) for x in xs]
+        return [], []
+    ms = [jnp.max(jnp.abs(x)) for x in xs]
+    dtype = widest_float(*(m.dtype for m in ms))
+    stacked = jnp.stack([m.astype(dtype) for m in ms])
+    top = jnp.max(stacked)
+    # The largest leaf's factor is 1 exactly (the division may round it to 1 - ulp): a tree with
+    # one more leaf of zeros measures the same as the tree without it.
+    ratios = jnp.where(stacked == top, 1, div_by_max(stacked, top))
+    return [div_by_max(x, m) for x, m in zip(xs, ms, strict=True)], list(ratios)
 
 
-def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype) -> jax.Array:
-    return sum(
-        (jnp.sum(x * y).astype(dtype) for x, y in zip(xs, ys, strict=True)), jnp.zeros([], dtype)
-    )
+def _weighted_sum(terms: list[jax.Array], weights: list[jax.Array] | None, dtype) -> jax.Array:
+    """``Σ_l w_l t_l`` in ``dtype`` (``w_l = 1`` without ``weights``), 0 for no terms."""
+    if weights is not None:
+        terms = [w.astype(dtype) * t for w, t in zip(weights, terms, strict=True)]
+    return sum((t.astype(dtype) for t in terms), jnp.zeros([], dtype))
+
+
+def _vdot(xs: list[jax.Array], ys: list[jax.Array], dtype, weights=None) -> jax.Array:
+    """``Σ_l w_l Σ x_l y_l`` in ``dtype`` (``w_l = 1`` without ``weights``)."""
+    sums = [jnp.sum(x * y).astype(dtype) for x, y in zip(xs, ys, strict=True)]
+    return _weighted_sum(sums, weights, dtype)
 
 
 def _cosine_terms(gs: list[jax.Array], diffs: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     """``(<ĝ, â>, ‖ĝ‖₂‖â‖₂)`` with ``ĝ = g/max|g|`` and ``â = a/max|a|``: cos θ is their ratio."""
     dtype = widest_float(*(g.dtype for g in gs))
-    gh, ah = _unit_scaled(gs), _unit_scaled(diffs)
-    num = _vdot(gh, ah, dtype)
-    den = jnp.sqrt(_vdot(gh, gh, dtype)) * jnp.sqrt(_vdot(ah, ah, dtype))
+    (gh, rg), (ah, ra) = _unit_scaled(gs), _unit_scaled(diffs)
+    num = _vdot(gh, ah, dtype, [r * q for r, q in zip(rg, ra, strict=True)])
+    den = jnp.sqrt(_vdot(gh, gh, dtype, [r * r for r in rg])) * jnp.sqrt(
+        _vdot(ah, ah, dtype, [r * r for r in ra])
+    )
     return num, den
 
 

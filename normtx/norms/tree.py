@@ -174,7 +174,8 @@ class Modular:
         """Per entry ``(N_l†(x_l), dualize_l(x_l))``, and ``N_k†(y_k)`` of the ``measure`` entries.
 
         Unscaled (no ``s_l``), in the compute dtype, directions in their leaf's shape. One
-        decomposition serves both: the dual is read off the direction, ``<x, dualize(x)> = ‖x‖†``.
+        decomposition serves both: a polar factor's dual is read off the direction,
+        ``<x, dualize(x)> = ‖x‖†`` (Prop. 1), every other norm's is its closed form.
         The polar factors of the spectral family (``Norm._polar_plan``) of the entries and of the
         measured arrays are computed together, one Newton–Schulz program per matrix shape (on its
         owner devices under a mesh): a step-size rule that measures the raw gradient while the
@@ -192,12 +193,13 @@ class Modular:
             if i in polars:
                 directions[i] = polars[i]
                 duals[i] = jnp.sum(x * polars[i])
-            elif want:
-                sl, inverse = n._slices(x, path)
-                t = n._directions(sl)
-                duals[i], directions[i] = jnp.sum(sl * t), inverse(t)
             else:
-                duals[i] = jnp.sum(n._duals(n._slices(x, path)[0]))
+                # The norm's own closed-form dual: its reductions are the direction's (XLA computes
+                # them once), where <x, dualize(x)> would be one more pass over the leaf.
+                sl, inverse = n._slices(x, path)
+                duals[i] = jnp.sum(n._duals(sl))
+                if want:
+                    directions[i] = inverse(n._directions(sl))
         k = len(entries)
         return duals[:k], directions[:k], duals[k:]
 

@@ -74,8 +74,9 @@ def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
     both are first multiplied by ``c = 2^-k`` when ``m > 2^k``, ``c = 2^k`` when ``m < 2^-k``, else
     1 (``k`` half the exponent range: 64 in float32, 512 in float64): a power of two, so the
     quotient is unchanged (an entry that ``c`` would flush to 0 has a quotient below the smallest
-    normal number anyway), and ``1/(c m)`` stays normal. A compare, a select and two products per
-    group: this runs for every leaf of every update, and its size is compile time. ``m = 0`` (so
+    normal number anyway), and ``1/(c m)`` stays normal. The group's work is a few scalar
+    operations and each entry's two products: this runs for every leaf of every update, and its
+    size is compile time. ``m = 0`` (so
     ``x = 0``) gives 0. A non-finite ``m`` (a NaN or Inf in the group) makes the whole group NaN:
     visible downstream, and never an Inf inside LAPACK (its SVD of a matrix with an Inf entry
     hangs). float32 or float64.
@@ -84,4 +85,5 @@ def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
     m = m.astype(x.dtype)
     big = jnp.asarray(2.0 ** (info.maxexp // 2), x.dtype)
     c = jnp.where(m > big, 1 / big, jnp.where(m < 1 / big, big, 1)).astype(x.dtype)
-    return jnp.where(jnp.isfinite(m), safe_div(x * c, m * c), jnp.nan)
+    inv = jnp.where(jnp.isfinite(m), jnp.where(m > 0, 1 / (m * c), 0), jnp.nan)  # per group
+    return x * c * inv

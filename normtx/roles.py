@@ -61,44 +61,7 @@ both). ``optax_labels(params)`` and ``muon_dimension_numbers(params)`` export th
 ``normtx.geometry``; this module is its public face.
 """
 
-from normtx.geometry import (
-    DEFAULT_MASSES,
-    FROZEN,
-    MATRIX_ROLES,
-    POLAR_ROLES,
-    ROLE_NAMES,
-    VECTOR_ROLES,
-    Assignment,
-    Geometry,
-    GeometryTable,
-    Role,
-    check_scales,
-    default_norms,
-    describe,
-    infer,
-    merge_norms,
-    muon_dimension_numbers,
-    optax_labels,
-    resolve,
-)
+from normtx import geometry as _geometry
+from normtx.geometry import *  # noqa: F403 (normtx.geometry.__all__, the one list of names)
 
-__all__ = [
-    "DEFAULT_MASSES",
-    "FROZEN",
-    "MATRIX_ROLES",
-    "POLAR_ROLES",
-    "ROLE_NAMES",
-    "VECTOR_ROLES",
-    "Assignment",
-    "Geometry",
-    "GeometryTable",
-    "Role",
-    "check_scales",
-    "default_norms",
-    "describe",
-    "infer",
-    "merge_norms",
-    "muon_dimension_numbers",
-    "optax_labels",
-    "resolve",
-]
+__all__ = _geometry.__all__

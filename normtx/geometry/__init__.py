@@ -8,7 +8,10 @@ modular norm they make (anthology Prop. 7 and the epilogue).
 - ``modular``: ``RoleModular``/``modular_norm``, the modular norm over those assignments;
 - ``export``: the roles for optax (``optax_labels``, ``muon_dimension_numbers``).
 
-The public names are re-exported by ``normtx.roles`` (and ``normtx.modular_norm``).
+``__all__`` lists the public names, which ``normtx.roles`` re-exports (``modular_norm`` is
+``normtx.modular_norm``). The keyword groups of the functions that take a geometry (``INFER``,
+``LABELLING`` in ``infer``; ``NORMS``, ``GEOMETRY``, ``ROLE_GEOMETRY`` in ``assign``: see
+``normtx._keywords``) and the types are imported from their modules.
 """
 
 from normtx.geometry.assign import (
@@ -16,18 +19,16 @@ from normtx.geometry.assign import (
     Assignment,
     Geometry,
     GeometryTable,
-    NormsSpec,
-    ScalesSpec,
     check_scales,
     default_norms,
     describe,
     merge_norms,
 )
 from normtx.geometry.export import muon_dimension_numbers, optax_labels
-from normtx.geometry.infer import HeadSpec, LabelSpec, infer, resolve
-from normtx.geometry.modular import RoleModular, modular_norm
+from normtx.geometry.infer import infer, resolve
 from normtx.geometry.role import FROZEN, MATRIX_ROLES, POLAR_ROLES, ROLE_NAMES, VECTOR_ROLES, Role
 
+# The public names: ``normtx.roles`` re-exports this list as it is.
 __all__ = [
     "DEFAULT_MASSES",
     "FROZEN",
@@ -38,18 +39,12 @@ __all__ = [
     "Assignment",
     "Geometry",
     "GeometryTable",
-    "HeadSpec",
-    "LabelSpec",
-    "NormsSpec",
     "Role",
-    "RoleModular",
-    "ScalesSpec",
     "check_scales",
     "default_norms",
     "describe",
     "infer",
     "merge_norms",
-    "modular_norm",
     "muon_dimension_numbers",
     "optax_labels",
     "resolve",

@@ -18,9 +18,19 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
+from typing_extensions import TypedDict, Unpack
 
+from normtx._keywords import KeywordGroup, keywords
 from normtx._pytree import describe_leaf, flatten_with_paths
-from normtx.geometry.infer import HeadSpec, LabelSpec, resolve_roles
+from normtx.geometry.infer import (
+    INFER,
+    ROLES,
+    HeadSpec,
+    InferOptions,
+    LabelSpec,
+    RolesOption,
+    resolve_roles,
+)
 from normtx.geometry.role import FROZEN, ROLE_NAMES, Role
 from normtx.norms.base import Norm
 from normtx.norms.operator import OperatorNorm, l1_to_rms, rms_to_rms
@@ -28,10 +38,16 @@ from normtx.norms.vector import VectorNorm, rms
 
 __all__ = [
     "DEFAULT_MASSES",
+    "GEOMETRY",
+    "NORMS",
+    "ROLE_GEOMETRY",
     "Assignment",
     "Geometry",
+    "GeometryOptions",
     "GeometryTable",
+    "NormOptions",
     "NormsSpec",
+    "RoleGeometryOptions",
     "ScalesSpec",
     "check_scales",
     "default_norms",
@@ -44,6 +60,31 @@ NormsSpec = Mapping[str, Norm | None] | None
 
 DEFAULT_MASSES: Mapping[str, float] = {name: 1.0 for name in ROLE_NAMES}
 """Per-slice masses for ``scales='mass'``: every matrix and vector is an atom of mass 1 (modula)."""
+
+
+class NormOptions(TypedDict, total=False):
+    """The norm and scale of each role: ``norms``, ``scales``, ``masses`` (see ``Geometry``)."""
+
+    norms: NormsSpec
+    scales: ScalesSpec
+    masses: Mapping[str, float] | None
+
+
+NORMS = KeywordGroup(NormOptions, norms=None, scales=None, masses=None)
+
+
+class GeometryOptions(NormOptions, InferOptions, total=False):
+    """A ``Geometry`` but its ``roles`` (a positional argument where these are keywords)."""
+
+
+GEOMETRY = KeywordGroup(GeometryOptions, **NORMS.defaults, **INFER.defaults)
+
+
+class RoleGeometryOptions(RolesOption, NormOptions, InferOptions, total=False):
+    """A whole ``Geometry``, ``roles`` included, as keywords."""
+
+
+ROLE_GEOMETRY = KeywordGroup(RoleGeometryOptions, **ROLES.defaults, **GEOMETRY.defaults)
 
 
 def default_norms() -> dict[str, Norm]:
@@ -111,14 +152,7 @@ def merge_norms(norms: NormsSpec, what: str) -> dict[str, Norm | None]:
     table: dict[str, Norm | None] = {**default_norms(), FROZEN: None}
     if norms is None:
         return table
-    if not isinstance(norms, Mapping):
-        raise ValueError(
-            f"{what}: norms must be a dict role name -> Norm (or None: leave those leaves "
-            f"unnormed), got {norms!r}."
-        )
-    for key, value in norms.items():
-        if key not in ROLE_NAMES:
-            raise ValueError(f"{what}: unknown role {key!r} in norms; roles are {ROLE_NAMES}.")
+    for key, value in _by_role(norms, "norms", "Norm (or None: leave those leaves unnormed)", what):
         if value is not None and not isinstance(value, Norm):
             raise ValueError(
                 f"{what}: norms[{key!r}] must be a normtx Norm or None, got {value!r}."
@@ -132,13 +166,19 @@ def merge_norms(norms: NormsSpec, what: str) -> dict[str, Norm | None]:
     return table
 
 
-def _check_positive_table(table: Mapping[str, Any], name: str, what: str) -> dict[str, float]:
+def _by_role(table: Any, name: str, values: str, what: str) -> list[tuple[str, Any]]:
+    """The items of ``table``, a dict role name -> ``values`` (a ``ValueError`` otherwise)."""
     if not isinstance(table, Mapping):
-        raise ValueError(f"{what}: {name} must be a dict role name -> number, got {table!r}.")
-    out = {}
-    for key, value in table.items():
+        raise ValueError(f"{what}: {name} must be a dict role name -> {values}, got {table!r}.")
+    for key in table:
         if key not in ROLE_NAMES:
             raise ValueError(f"{what}: unknown role {key!r} in {name}; roles are {ROLE_NAMES}.")
+    return list(table.items())
+
+
+def _check_positive_table(table: Mapping[str, Any], name: str, what: str) -> dict[str, float]:
+    out = {}
+    for key, value in _by_role(table, name, "number", what):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"{what}: {name}[{key!r}] must be a number > 0, got {value!r}.")
         out[key] = float(value)
@@ -364,17 +404,8 @@ def _scale_values(scales, masses, roles, layer_counts, bound) -> list[Any]:
     return [float(scales.get(r.name, 1.0)) for r in roles]
 
 
-def describe(
-    params: Any,
-    roles: Any = None,
-    *,
-    norms: NormsSpec = None,
-    scales: ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-) -> GeometryTable:
+@keywords(GEOMETRY)
+def describe(params: Any, roles: Any = None, **kw: Unpack[GeometryOptions]) -> GeometryTable:
     """The table of path, shape, role, axes, norm and scale that the modular norm uses.
 
     Takes the arguments of ``normtx.modular_norm_partition`` (one ``Geometry.assign`` computes
@@ -403,7 +434,4 @@ def describe(
       LayerNorm_0/scale  (4,)     gain       whole leaf  rms                        1
       head/kernel        (4, 10)  head       (0,)->(1,)  rms_to_rms[newton_schulz]  1
     """
-    geometry = Geometry(
-        roles, norms, scales, masses, head, labels, heads_as_batch, "roles.describe"
-    )
-    return geometry.describe(params)
+    return Geometry(roles, **kw, what="roles.describe").describe(params)

@@ -18,21 +18,17 @@ from typing import Any
 
 import jax
 import optax.contrib
+from typing_extensions import Unpack
 
-from normtx.geometry.infer import HeadSpec, LabelSpec, resolve
+from normtx._keywords import keywords
+from normtx.geometry.infer import INFER, InferOptions, resolve
 from normtx.geometry.role import POLAR_ROLES, Role
 
 __all__ = ["muon_dimension_numbers", "optax_labels"]
 
 
-def optax_labels(
-    params: Any,
-    roles: Any = None,
-    *,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-) -> Any:
+@keywords(INFER)
+def optax_labels(params: Any, roles: Any = None, **kw: Unpack[InferOptions]) -> Any:
     """The role name of every leaf (``'hidden'``, ``'embedding'``, …, ``'frozen'``), as a pytree with
     the structure of ``params``: labels for ``optax.partition``.
 
@@ -53,7 +49,7 @@ def optax_labels(
       ...     {"hidden": optax.sgd(0.1), "head": optax.adam(1e-3), "bias": optax.set_to_zero()},
       ...     normtx.roles.optax_labels(params))
     """
-    resolved = resolve(params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch)
+    resolved = resolve(params, roles, **kw)
     return jax.tree.map(lambda r: r.name, resolved)
 
 
@@ -65,14 +61,8 @@ def _dimension_numbers(role: Role) -> optax.contrib.MuonDimensionNumbers | None:
     )
 
 
-def muon_dimension_numbers(
-    params: Any,
-    roles: Any = None,
-    *,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-) -> Any:
+@keywords(INFER)
+def muon_dimension_numbers(params: Any, roles: Any = None, **kw: Unpack[InferOptions]) -> Any:
     """``optax.contrib.muon``'s ``muon_weight_dimension_numbers`` for the leaves normtx's Muon
     orthogonalizes: the ``POLAR_ROLES`` (hidden, conv and attention kernels).
 
@@ -103,5 +93,5 @@ def muon_dimension_numbers(
       None None
       >>> tx = optax.contrib.muon(0.02, muon_weight_dimension_numbers=dims)
     """
-    resolved = resolve(params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch)
+    resolved = resolve(params, roles, **kw)
     return jax.tree.map(_dimension_numbers, resolved)

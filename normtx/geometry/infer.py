@@ -17,16 +17,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from typing_extensions import TypedDict, Unpack
 
+from normtx._keywords import KeywordGroup, keywords
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx.geometry.classify import Leaf, classify
 from normtx.geometry.role import FROZEN, ROLE_NAMES, Role, as_role
 
-__all__ = ["HeadSpec", "LabelSpec", "infer", "resolve", "resolve_roles"]
+__all__ = [
+    "INFER",
+    "LABELLING",
+    "ROLES",
+    "HeadSpec",
+    "InferOptions",
+    "LabelSpec",
+    "LabellingOptions",
+    "RolesOption",
+    "infer",
+    "resolve",
+    "resolve_roles",
+]
 
 _HEAD_NAME = re.compile(r"(?:.*_)?(?:head|classifier|logits|readout|unembed|unembedding|output)")
 LabelSpec = Mapping[str, "str | Role"] | Callable[[str, Any], "str | Role | None"] | None
 HeadSpec = str | Literal[False] | None
+
+
+class InferOptions(TypedDict, total=False):
+    """How ``infer`` reads the roles: ``head``, ``labels``, ``heads_as_batch`` (see ``infer``)."""
+
+    head: HeadSpec
+    labels: LabelSpec
+    heads_as_batch: bool
+
+
+INFER = KeywordGroup(InferOptions, head=None, labels=None, heads_as_batch=False)
+
+
+class RolesOption(TypedDict, total=False):
+    """``roles``: ``None`` (infer them) or a pytree of role names / ``Role`` (see ``resolve``)."""
+
+    roles: Any
+
+
+ROLES = KeywordGroup(RolesOption, roles=None)
+
+
+class LabellingOptions(RolesOption, InferOptions, total=False):
+    """The roles of a tree, given or inferred: ``roles`` and ``InferOptions``."""
+
+
+LABELLING = KeywordGroup(LabellingOptions, **ROLES.defaults, **INFER.defaults)
 
 
 def _path_regex(pattern: str, what: str) -> re.Pattern:
@@ -182,14 +223,9 @@ def _is_dense_kernel(lf: Leaf) -> bool:
     return lf.name == "kernel" and len(lf.shape) == 2
 
 
+@keywords(INFER)
 def resolve_roles(
-    params: Any,
-    roles: Any = None,
-    *,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-    what: str = "roles.infer",
+    params: Any, roles: Any = None, *, what: str = "roles.infer", **kw: Unpack[InferOptions]
 ) -> tuple[list[tuple[str, Any, Role]], str | None]:
     """``([(path, leaf, Role), ...], head_by_position)``: every leaf in flatten order with its
     explicit or inferred role, and the path of the head when it was found by position (the last
@@ -202,6 +238,7 @@ def resolve_roles(
     pairs, _ = flatten_with_paths(params, is_leaf=_is_masked)
     flat = [(p, x) for p, x in pairs if not _is_masked(x)]
     masked = [p for p, x in pairs if _is_masked(x)]
+    head, labels, heads_as_batch = kw["head"], kw["labels"], kw["heads_as_batch"]
     if not flat:
         raise ValueError(f"{what}: the parameter tree has no leaves.")
     if roles is not None:
@@ -309,13 +346,8 @@ def _explicit_roles(flat, masked, roles, heads_as_batch, what) -> list[tuple[str
     return [(p, leaf, as_role(by_path[p], np.shape(leaf), p, heads_as_batch)) for p, leaf in flat]
 
 
-def infer(
-    params: Any,
-    *,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-) -> Any:
+@keywords(INFER)
+def infer(params: Any, **kw: Unpack[InferOptions]) -> Any:
     """The role of every leaf of a Flax parameter tree (see the module docstring for the rules).
 
     Args:
@@ -358,24 +390,16 @@ def infer(
 
       For an nnx model pass ``nnx.state(model, nnx.Param)``: the roles come back as a ``State``.
     """
-    return resolve(params, head=head, labels=labels, heads_as_batch=heads_as_batch)
+    return resolve(params, **kw)
 
 
-def resolve(
-    params: Any,
-    roles: Any = None,
-    *,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-) -> Any:
+@keywords(INFER)
+def resolve(params: Any, roles: Any = None, **kw: Unpack[InferOptions]) -> Any:
     """A pytree of ``Role`` with the structure of ``params``: ``roles`` or, if ``None``, ``infer``.
 
     ``roles`` is a pytree of role names / ``Role`` whose leaf paths are those of ``params`` (an
     nnx ``State`` and its pure-array form have the same paths); it is checked against ``params``.
     """
-    resolved, _ = resolve_roles(
-        params, roles, head=head, labels=labels, heads_as_batch=heads_as_batch
-    )
+    resolved, _ = resolve_roles(params, roles, **kw)
     treedef = jax.tree_util.tree_structure(params)
     return jax.tree_util.tree_unflatten(treedef, [r for _, _, r in resolved])

@@ -8,13 +8,13 @@ leaf's norm and scale from one ``Geometry``, so the norm a step-size rule measur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from jax.sharding import Mesh
+from typing_extensions import Unpack
 
-from normtx.geometry.assign import Geometry, GeometryTable, NormsSpec, ScalesSpec
-from normtx.geometry.infer import HeadSpec, LabelSpec
+from normtx._keywords import keywords
+from normtx.geometry.assign import GEOMETRY, Geometry, GeometryOptions, GeometryTable
 from normtx.norms.base import Norm
 from normtx.norms.tree import Modular
 
@@ -53,16 +53,9 @@ class RoleModular(Modular):
         return self.geometry.describe(tree)
 
 
+@keywords(GEOMETRY)
 def modular_norm(
-    roles: Any = None,
-    *,
-    norms: NormsSpec = None,
-    scales: ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
-    mesh: Mesh | None = None,
+    roles: Any = None, *, mesh: Mesh | None = None, **kw: Unpack[GeometryOptions]
 ) -> RoleModular:
     r"""The modular norm ``max_l s_l N_l(W_l)`` of a network, each ``N_l`` and ``s_l`` by role.
 
@@ -105,5 +98,4 @@ def modular_norm(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
-    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, "modular_norm")
-    return RoleModular(geometry, mesh=mesh)
+    return RoleModular(Geometry(roles, **kw, what="modular_norm"), mesh=mesh)

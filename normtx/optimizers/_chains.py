@@ -12,12 +12,38 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
+from typing_extensions import TypedDict, Unpack
 
+from normtx._keywords import KeywordGroup
 from normtx._pytree import describe_leaf, flatten_with_paths
 from normtx._validation import check_bool, check_choice, check_positive, check_probability
 from normtx.geometry import FROZEN, Geometry, Role
 from normtx.norms import NormSpec
 from normtx.transforms.dualize import Step, dualize, scale_by_dual_norm
+
+
+class DescentOptions(TypedDict, total=False):
+    """The momentum, step and weight decay of a steepest descent (``sign_descent``'s Args)."""
+
+    momentum: ArrayLike
+    nesterov: bool
+    weight_decay: ArrayLike
+    step: Step
+    sharpness: ArrayLike | optax.Schedule | None
+    weight_decay_mask: Any
+    mu_dtype: DTypeLike | None
+
+
+DESCENT = KeywordGroup(
+    DescentOptions,
+    momentum=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    step="unit",
+    sharpness=None,
+    weight_decay_mask=None,
+    mu_dtype=None,
+)
 
 
 class DebiasedMomentumState(NamedTuple):
@@ -80,8 +106,8 @@ def add_weight_decay(weight_decay: ArrayLike, mask: Any = None) -> optax.Gradien
     return optax.add_decayed_weights(weight_decay, mask)
 
 
-def steepest(norm: NormSpec, step: Step, sharpness: ArrayLike | None, what: str, mesh: Mesh | None):
-    sharpness = check_step(step, sharpness, what)
+def steepest(norm: NormSpec, step: Step, sharpness: ArrayLike, mesh: Mesh | None):
+    """The unit step under ``norm``, or the Prop. 1 step ``(‖g‖†/λ) dualize(g)`` (validated λ)."""
     if step == "unit":
         return dualize(norm, mesh=mesh)
     return scale_by_dual_norm(norm, sharpness=sharpness, scope="tree", mesh=mesh)
@@ -189,6 +215,15 @@ def check_common(what: str, learning_rate, momentum, nesterov, weight_decay) -> 
     check_positive("weight_decay", weight_decay, what, allow_zero=True)
 
 
+def check_descent(
+    what: str, learning_rate: ArrayLike | optax.Schedule, kw: DescentOptions
+) -> ArrayLike | optax.Schedule:
+    """Validates the learning rate and ``DESCENT``'s keywords; returns the sharpness λ."""
+    check_common(what, learning_rate, kw["momentum"], kw["nesterov"], kw["weight_decay"])
+    check_mu_dtype(kw["mu_dtype"], what)
+    return check_step(kw["step"], kw["sharpness"], what)
+
+
 def check_mu_dtype(mu_dtype: Any, what: str) -> None:
     """Raises ``ValueError`` unless ``mu_dtype`` is ``None`` or a floating dtype."""
     if mu_dtype is None:
@@ -208,25 +243,18 @@ def descent(
     norm: NormSpec,
     what: str,
     *,
-    learning_rate,
-    momentum,
-    nesterov,
-    weight_decay,
-    step: Step,
-    sharpness,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
+    learning_rate: ArrayLike | optax.Schedule,
     mesh: Mesh | None = None,
+    **kw: Unpack[DescentOptions],
 ) -> optax.GradientTransformation:
     """The shape check, momentum, the steepest-descent step under ``norm``, weight decay, the
-    learning rate."""
-    check_common(what, learning_rate, momentum, nesterov, weight_decay)
-    check_mu_dtype(mu_dtype, what)
+    learning rate (``kw``: every keyword of ``DESCENT``)."""
+    sharpness = check_descent(what, learning_rate, kw)
     return optax.chain(
         check_shapes(what),
-        ema_momentum(momentum, nesterov, mu_dtype=mu_dtype),
-        steepest(norm, step, sharpness, what, mesh),
-        add_weight_decay(weight_decay, weight_decay_mask),
+        ema_momentum(kw["momentum"], kw["nesterov"], mu_dtype=kw["mu_dtype"]),
+        steepest(norm, kw["step"], sharpness, mesh),
+        add_weight_decay(kw["weight_decay"], kw["weight_decay_mask"]),
         optax.scale_by_learning_rate(learning_rate),
     )
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from normtx._validation import check_choice
 from normtx.geometry import FROZEN, Assignment, Geometry, GeometryTable
+from normtx.geometry.assign import ROLE_GEOMETRY
 from normtx.optimizers._muon_parts import muon_geometry, muon_route
 from normtx.optimizers.modular import modular_descent, scion
 from normtx.optimizers.muon import muon
@@ -75,8 +76,7 @@ def describe(
         spec = inspect.signature(muon_geometry).parameters
         geometry = muon_geometry(**{n: args[n] for n in spec})
         return geometry.describe(params, lambda a: _ROUTES[muon_route(a.role, args["others"])])
-    fields = ("roles", "norms", "scales", "masses", "head", "labels", "heads_as_batch")
-    geometry = Geometry(**{n: args[n] for n in fields}, what=optimizer)
+    geometry = Geometry(**ROLE_GEOMETRY.take(args), what=optimizer)
     return geometry.describe(params, _modular_route)
 
 

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
+from typing_extensions import Unpack
 
+from normtx._keywords import keywords
 from normtx._numerics import to_compute
 from normtx._validation import (
     check_choice,
@@ -25,16 +27,9 @@ from normtx._validation import (
     check_positive,
     check_probability,
 )
-from normtx.geometry import (
-    FROZEN,
-    POLAR_ROLES,
-    ROLE_NAMES,
-    Geometry,
-    HeadSpec,
-    LabelSpec,
-    Role,
-    RoleModular,
-)
+from normtx.geometry import FROZEN, POLAR_ROLES, ROLE_NAMES, Geometry, Role
+from normtx.geometry.infer import LABELLING, LabellingOptions
+from normtx.geometry.modular import RoleModular
 from normtx.linalg import NORMALIZATIONS, newton_schulz
 from normtx.linalg.newton_schulz import Normalization
 from normtx.linalg.ns_coefficients import NsSchedule, newton_schulz_schedule
@@ -91,6 +86,7 @@ _MUON_NORMS = {
 }
 
 
+@keywords(LABELLING)
 def muon_geometry(
     *,
     ns_coefficients: NsSchedule | ArrayLike = "muon",
@@ -99,10 +95,7 @@ def muon_geometry(
     scale: MuonScaling = "muon",
     consistent_rms: ArrayLike | None = None,
     others: Literal["adamw", "modular"] = "adamw",
-    roles: Any = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
+    **labelling: Unpack[LabellingOptions],
 ) -> Geometry:
     """The ``Geometry`` ``muon`` builds from these arguments (validated as ``muon`` validates
     them): its scaled spectral norm on the ``POLAR_ROLES``; with ``others='adamw'`` every other
@@ -119,15 +112,7 @@ def muon_geometry(
             )
     polar = polar_function(ns_coefficients, ns_steps, what, normalization=normalization)
     norm = _MUON_NORMS["consistent_rms" if consistent_rms is not None else scale](polar=polar)
-    return polar_geometry(
-        norm,
-        adamw=others == "adamw",
-        roles=roles,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what=what,
-    )
+    return polar_geometry(norm, adamw=others == "adamw", what=what, **labelling)
 
 
 def muon_route(role: Role, others: str = "adamw") -> str:
@@ -198,26 +183,14 @@ def polar_function(
 
 
 def polar_geometry(
-    norm: Norm,
-    *,
-    adamw: bool,
-    roles: Any,
-    head: HeadSpec,
-    labels: LabelSpec,
-    heads_as_batch: bool,
-    what: str,
+    norm: Norm, *, adamw: bool, what: str, **labelling: Unpack[LabellingOptions]
 ) -> Geometry:
     """``norm`` on the ``POLAR_ROLES``; with ``adamw`` every other role is not normed, so the polar
-    step passes its leaves unchanged (their AdamW step is made around it by ``adamw_split``)."""
+    step passes its leaves unchanged (their AdamW step is made around it by ``adamw_split``).
+    ``labelling``: every keyword of ``LABELLING``."""
     skip = dict.fromkeys(set(ROLE_NAMES) - set(POLAR_ROLES)) if adamw else {}
-    return Geometry(
-        roles,
-        norms={**dict.fromkeys(POLAR_ROLES, norm), **skip},
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what=what,
-    )
+    norms = {**dict.fromkeys(POLAR_ROLES, norm), **skip}
+    return Geometry(norms=norms, what=what, **labelling)
 
 
 def adamw_split(

@@ -30,9 +30,13 @@ import jax
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
+from typing_extensions import TypedDict, Unpack
 
+from normtx._keywords import KeywordGroup, keywords
 from normtx._validation import check_positive, check_probability
-from normtx.geometry import Geometry, HeadSpec, LabelSpec, RoleModular
+from normtx.geometry import Geometry
+from normtx.geometry.infer import LABELLING, LabellingOptions
+from normtx.geometry.modular import RoleModular
 from normtx.linalg.ns_coefficients import NsSchedule
 from normtx.norms import spectral
 from normtx.optimizers._chains import check_common, check_mu_dtype, ema_momentum, role_mask
@@ -42,6 +46,50 @@ from normtx.transforms.modular import modular_step
 from normtx.transforms.neuron_norm import scale_by_neuron_rms, scale_to_rms
 
 __all__ = ["adamuon", "normuon"]
+
+
+class _AdaptiveMuonOptions(TypedDict, total=False):
+    """The hyperparameters ``normuon`` and ``adamuon`` share (``normuon``'s Args)."""
+
+    beta: ArrayLike
+    beta2: ArrayLike
+    eps: ArrayLike
+    rms: ArrayLike
+    nesterov: bool
+    ns_coefficients: NsSchedule | ArrayLike
+    ns_steps: int
+    weight_decay: ArrayLike
+    weight_decay_mask: Any
+    mu_dtype: DTypeLike | None
+    adam_learning_rate: ArrayLike | optax.Schedule | None
+    adam_b1: ArrayLike
+    adam_b2: ArrayLike
+    adam_eps: ArrayLike
+    adam_weight_decay: ArrayLike
+
+
+_ADAPTIVE_MUON = KeywordGroup(
+    _AdaptiveMuonOptions,
+    beta=0.95,
+    beta2=0.95,
+    eps=1e-8,
+    rms=0.2,
+    nesterov=False,
+    ns_coefficients="muon",
+    ns_steps=5,
+    weight_decay=0.0,
+    weight_decay_mask=None,
+    mu_dtype=None,
+    adam_learning_rate=None,
+    adam_b1=0.9,
+    adam_b2=0.999,
+    adam_eps=1e-8,
+    adam_weight_decay=0.0,
+)
+
+
+class _Options(_AdaptiveMuonOptions, LabellingOptions, total=False):
+    """``normuon``'s and ``adamuon``'s keywords: their hyperparameters and the roles."""
 
 
 def _on_polar_leaves(
@@ -71,52 +119,26 @@ def _on_polar_leaves(
 
 
 def _adaptive_muon(
-    *,
     what: str,
     adaptive: Callable[[Any], optax.GradientTransformation],
+    *,
     sign: bool,
-    learning_rate,
-    beta,
-    beta2,
-    eps,
-    rms,
-    nesterov,
-    ns_coefficients,
-    ns_steps,
-    weight_decay,
-    weight_decay_mask,
-    mu_dtype,
-    adam_learning_rate,
-    adam_b1,
-    adam_b2,
-    adam_eps,
-    adam_weight_decay,
-    roles,
-    head,
-    labels,
-    heads_as_batch,
-    mesh,
+    learning_rate: ArrayLike | optax.Schedule,
+    mesh: Mesh | None,
+    **kw: Unpack[_Options],
 ) -> optax.GradientTransformation:
-    """Muon's chain with ``adaptive(dims)`` and the RMS alignment after the polar factor.
-
-    Called with the public factory's ``locals()``: every hyperparameter by name.
-    """
-    check_common(what, learning_rate, beta, nesterov, weight_decay)
-    check_probability("beta2", beta2, what)
+    """Muon's chain with ``adaptive(dims)`` and the RMS alignment after the polar factor (``kw``:
+    every keyword of ``_ADAPTIVE_MUON`` and ``LABELLING``)."""
+    beta, nesterov, rms, mu_dtype = kw["beta"], kw["nesterov"], kw["rms"], kw["mu_dtype"]
+    check_common(what, learning_rate, beta, nesterov, kw["weight_decay"])
+    check_probability("beta2", kw["beta2"], what)
     # AdaMuon's optax.scale_by_rms divides by √V + ε: 0/0 for a zero entry without ε.
-    check_positive("eps", eps, what, allow_zero=not sign)
+    check_positive("eps", kw["eps"], what, allow_zero=not sign)
     check_positive("rms", rms, what)
     check_mu_dtype(mu_dtype, what)
     # U Vᵀ itself on the polar roles ('spectral'): the RMS alignment sets the scale.
-    geometry = polar_geometry(
-        spectral(polar=polar_function(ns_coefficients, ns_steps, what)),
-        adamw=True,
-        roles=roles,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
-        what=what,
-    )
+    polar = polar_function(kw["ns_coefficients"], kw["ns_steps"], what)
+    geometry = polar_geometry(spectral(polar=polar), adamw=True, what=what, **LABELLING.take(kw))
     momentum = ema_momentum(beta, nesterov, mu_dtype=mu_dtype)
     return adamw_split(
         geometry,
@@ -132,40 +154,19 @@ def _adaptive_muon(
             ),
         ),
         learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        weight_decay=kw["weight_decay"],
+        weight_decay_mask=kw["weight_decay_mask"],
         mu_dtype=mu_dtype,
-        adam_learning_rate=adam_learning_rate,
-        adam_b1=adam_b1,
-        adam_b2=adam_b2,
-        adam_eps=adam_eps,
-        adam_weight_decay=adam_weight_decay,
+        **{k: kw[k] for k in _ADAPTIVE_MUON.names if k.startswith("adam_")},
     )
 
 
+@keywords(_ADAPTIVE_MUON, LABELLING)
 def normuon(
     learning_rate: ArrayLike | optax.Schedule,
     *,
-    beta: ArrayLike = 0.95,
-    beta2: ArrayLike = 0.95,
-    eps: ArrayLike = 1e-8,
-    rms: ArrayLike = 0.2,
-    nesterov: bool = False,
-    ns_coefficients: NsSchedule | ArrayLike = "muon",
-    ns_steps: int = 5,
-    weight_decay: ArrayLike = 0.0,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
-    adam_learning_rate: ArrayLike | optax.Schedule | None = None,
-    adam_b1: ArrayLike = 0.9,
-    adam_b2: ArrayLike = 0.999,
-    adam_eps: ArrayLike = 1e-8,
-    adam_weight_decay: ArrayLike = 0.0,
-    roles: Any = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
     mesh: Mesh | None = None,
+    **kw: Unpack[_Options],
 ) -> optax.GradientTransformation:
     r"""NorMuon: Muon with neuron-wise normalization of the polar factor (Li et al., 2025).
 
@@ -229,37 +230,21 @@ def normuon(
       Li, Liu, Liang, Chen & Zhao, *NorMuon: Making Muon more efficient and scalable*,
       arXiv:2510.05491 (2025), Algorithm 1; Jordan et al., *Muon* (2024).
     """
-    what = "normuon"
 
     def adaptive(dims):  # one second moment per neuron
-        return scale_by_neuron_rms(decay=beta2, eps=eps, dimension_numbers=dims)
+        return scale_by_neuron_rms(decay=kw["beta2"], eps=kw["eps"], dimension_numbers=dims)
 
-    return _adaptive_muon(**locals(), sign=False)
+    return _adaptive_muon(
+        "normuon", adaptive, sign=False, learning_rate=learning_rate, mesh=mesh, **kw
+    )
 
 
+@keywords(_ADAPTIVE_MUON, LABELLING, beta2=0.999)
 def adamuon(
     learning_rate: ArrayLike | optax.Schedule,
     *,
-    beta: ArrayLike = 0.95,
-    beta2: ArrayLike = 0.999,
-    eps: ArrayLike = 1e-8,
-    rms: ArrayLike = 0.2,
-    nesterov: bool = False,
-    ns_coefficients: NsSchedule | ArrayLike = "muon",
-    ns_steps: int = 5,
-    weight_decay: ArrayLike = 0.0,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
-    adam_learning_rate: ArrayLike | optax.Schedule | None = None,
-    adam_b1: ArrayLike = 0.9,
-    adam_b2: ArrayLike = 0.999,
-    adam_eps: ArrayLike = 1e-8,
-    adam_weight_decay: ArrayLike = 0.0,
-    roles: Any = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
     mesh: Mesh | None = None,
+    **kw: Unpack[_Options],
 ) -> optax.GradientTransformation:
     r"""AdaMuon: sign-stabilized polar factor with an element-wise second moment (Si et al., 2025).
 
@@ -313,10 +298,11 @@ def adamuon(
       Si, Zhang & Shen, *AdaMuon: Adaptive Muon Optimizer*, arXiv:2507.11005 (2025), Algorithm 1;
       Jordan et al., *Muon* (2024).
     """
-    what = "adamuon"
 
     def adaptive(dims):  # one second moment per entry: O ⊘ (√V + ε)
         del dims
-        return optax.scale_by_rms(decay=beta2, eps=eps, eps_in_sqrt=False)
+        return optax.scale_by_rms(decay=kw["beta2"], eps=kw["eps"], eps_in_sqrt=False)
 
-    return _adaptive_muon(**locals(), sign=True)
+    return _adaptive_muon(
+        "adamuon", adaptive, sign=True, learning_rate=learning_rate, mesh=mesh, **kw
+    )

@@ -8,22 +8,24 @@ step-size rule that measures the same modular norm (anthology Prop. 7, Story III
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
+from typing_extensions import Unpack
 
+from normtx._keywords import keywords
 from normtx._validation import check_bool, check_positive, check_probability
-from normtx.geometry import Geometry, HeadSpec, LabelSpec, NormsSpec, RoleModular, ScalesSpec
+from normtx.geometry.assign import ROLE_GEOMETRY, Geometry, RoleGeometryOptions
+from normtx.geometry.modular import RoleModular
 from normtx.optimizers._chains import (
-    Step,
+    DESCENT,
+    DescentOptions,
     add_weight_decay,
-    check_common,
+    check_descent,
     check_mu_dtype,
     check_shapes,
-    check_step,
     ema_momentum,
     role_mask,
     skip_frozen,
@@ -35,28 +37,20 @@ from normtx.transforms.modular import TargetRmsSpec, modular_direction, modular_
 __all__ = ["modular_descent", "scion"]
 
 
+class _ModularDescentOptions(DescentOptions, RoleGeometryOptions, total=False):
+    """``modular_descent``'s keywords: a descent's and a whole geometry's."""
+
+
+@keywords(DESCENT, ROLE_GEOMETRY, momentum=0.9)
 def modular_descent(
     learning_rate: ArrayLike | optax.Schedule,
     *,
-    momentum: ArrayLike = 0.9,
-    nesterov: bool = False,
-    weight_decay: ArrayLike = 0.0,
-    step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule | None = None,
     escape_velocity: bool = False,
     init_lr: ArrayLike | None = None,
     rule: Literal["prodigy", "cosine"] | None = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
-    roles: Any = None,
-    norms: NormsSpec = None,
-    scales: ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
     target_rms: TargetRmsSpec = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
     mesh: Mesh | None = None,
+    **kw: Unpack[_ModularDescentOptions],
 ) -> optax.GradientTransformation:
     r"""Steepest descent under the modular norm of a network (anthology Prop. 7 and epilogue).
 
@@ -166,10 +160,8 @@ def modular_descent(
       (2024); Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
     what = "modular_descent"
-    check_common(what, learning_rate, momentum, nesterov, weight_decay)
+    sharpness = check_descent(what, learning_rate, kw)
     check_bool("escape_velocity", escape_velocity, what)
-    check_mu_dtype(mu_dtype, what)
-    sharpness = check_step(step, sharpness, what)
     if not escape_velocity:
         for name, value in (("init_lr", init_lr), ("rule", rule)):
             if value is not None:
@@ -178,17 +170,24 @@ def modular_descent(
                     "a setting of the escape-velocity step size); pass escape_velocity=True to "
                     f"use it, or leave {name} unset."
                 )
-    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, what)
+    geometry = Geometry(**ROLE_GEOMETRY.take(kw), what=what)
     mod = RoleModular(geometry, mesh=mesh)
-    before = skip_frozen(geometry, ema_momentum(momentum, nesterov, mu_dtype=mu_dtype))
+    momentum = ema_momentum(kw["momentum"], kw["nesterov"], mu_dtype=kw["mu_dtype"])
+    before = skip_frozen(geometry, momentum)
+    weight_decay_mask = kw["weight_decay_mask"]
     if weight_decay_mask is None:
         weight_decay_mask = role_mask(geometry, lambda r: r.is_matrix)
-    after = add_weight_decay(weight_decay, weight_decay_mask)
+    after = add_weight_decay(kw["weight_decay"], weight_decay_mask)
     if escape_velocity:
         # One geometry, one modular norm: the rule measures the gradient in the norm the partition
         # descends, and both run in the same stacked programs (``modular_direction``).
         direction = modular_direction(
-            mod, before=before, after=after, sharpness=sharpness, step=step, target_rms=target_rms
+            mod,
+            before=before,
+            after=after,
+            sharpness=sharpness,
+            step=kw["step"],
+            target_rms=target_rms,
         )
         scaled = escape_velocity_lr(
             direction,
@@ -202,13 +201,14 @@ def modular_descent(
     return optax.chain(
         check_shapes(what),
         before,
-        modular_step(mod, sharpness=sharpness, step=step, target_rms=target_rms),
+        modular_step(mod, sharpness=sharpness, step=kw["step"], target_rms=target_rms),
         after,
         optax.scale_by_learning_rate(learning_rate),
         zero_frozen(geometry),
     )
 
 
+@keywords(ROLE_GEOMETRY)
 def scion(
     learning_rate: ArrayLike | optax.Schedule,
     *,
@@ -216,15 +216,9 @@ def scion(
     momentum: ArrayLike = 0.9,
     constrained: bool = True,
     mu_dtype: DTypeLike | None = None,
-    roles: Any = None,
-    norms: NormsSpec = None,
-    scales: ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
     target_rms: TargetRmsSpec = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
     mesh: Mesh | None = None,
+    **kw: Unpack[RoleGeometryOptions],
 ) -> optax.GradientTransformation:
     r"""Scion: conditional gradient over a ball of the modular norm (Pethick et al., 2025).
 
@@ -286,7 +280,7 @@ def scion(
             f"{what}: the constrained variant mixes w <- (1-lr) w + lr·lmo, so learning_rate must "
             f"be <= 1, got {learning_rate!r}."
         )
-    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, what)
+    geometry = Geometry(**kw, what=what)
     return optax.chain(
         check_shapes(what),
         skip_frozen(geometry, ema_momentum(momentum, False, mu_dtype=mu_dtype)),

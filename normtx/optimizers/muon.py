@@ -12,15 +12,12 @@ from typing import Any, Literal
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
+from typing_extensions import Unpack
 
-from normtx._validation import (
-    check_bool,
-)
-from normtx.geometry import (
-    POLAR_ROLES,
-    HeadSpec,
-    LabelSpec,
-)
+from normtx._keywords import keywords
+from normtx._validation import check_bool
+from normtx.geometry import POLAR_ROLES
+from normtx.geometry.infer import LABELLING, LabellingOptions
 from normtx.linalg.newton_schulz import Normalization
 from normtx.linalg.ns_coefficients import NsSchedule
 from normtx.optimizers._chains import (
@@ -38,6 +35,7 @@ from normtx.optimizers._muon_parts import MuonScaling, adamw_split, muon_geometr
 __all__ = ["POLAR_ROLES", "muon"]
 
 
+@keywords(LABELLING)
 def muon(
     learning_rate: ArrayLike | optax.Schedule,
     *,
@@ -61,11 +59,8 @@ def muon(
     adam_eps_root: ArrayLike | None = None,
     adam_nesterov: bool | None = None,
     adam_weight_decay: ArrayLike | None = None,
-    roles: Any = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
     mesh: Mesh | None = None,
+    **labelling: Unpack[LabellingOptions],
 ) -> optax.GradientTransformation:
     r"""Muon: momentum, then the polar factor of every hidden matrix (Jordan et al., 2024).
 
@@ -207,10 +202,7 @@ def muon(
         scale=scale,
         consistent_rms=consistent_rms,
         others=others,
-        roles=roles,
-        head=head,
-        labels=labels,
-        heads_as_batch=heads_as_batch,
+        **labelling,
     )
     if others == "modular":
         given = [f"{k}={v!r}" for k, v in adam.items() if v is not None]

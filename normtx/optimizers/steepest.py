@@ -12,29 +12,21 @@ from typing import Any
 
 import optax
 from jax.sharding import Mesh
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
+from typing_extensions import Unpack
 
+from normtx._keywords import keywords
 from normtx._pytree import describe_leaf
 from normtx.linalg import PolarMethod, check_polar_method
 from normtx.norms import Norm, l2, linf, spectral
-from normtx.optimizers._chains import (
-    Step,
-    descent,
-)
+from normtx.optimizers._chains import DESCENT, DescentOptions, descent
 
 __all__ = ["normalized_sgd", "sign_descent", "spectral_descent"]
 
 
+@keywords(DESCENT)
 def sign_descent(
-    learning_rate: ArrayLike | optax.Schedule,
-    *,
-    momentum: ArrayLike = 0.0,
-    nesterov: bool = False,
-    weight_decay: ArrayLike = 0.0,
-    step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule | None = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
+    learning_rate: ArrayLike | optax.Schedule, **kw: Unpack[DescentOptions]
 ) -> optax.GradientTransformation:
     r"""Sign descent: steepest descent under ℓ∞ (max-of-max) norm (anthology Prop. 2, 3).
 
@@ -81,19 +73,12 @@ def sign_descent(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1–3 (2024).
     """
-    return descent(linf(), "sign_descent", **locals())
+    return descent(linf(), "sign_descent", learning_rate=learning_rate, **kw)
 
 
+@keywords(DESCENT)
 def normalized_sgd(
-    learning_rate: ArrayLike | optax.Schedule,
-    *,
-    momentum: ArrayLike = 0.0,
-    nesterov: bool = False,
-    weight_decay: ArrayLike = 0.0,
-    step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule | None = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
+    learning_rate: ArrayLike | optax.Schedule, **kw: Unpack[DescentOptions]
 ) -> optax.GradientTransformation:
     r"""Layer-wise normalized SGD: steepest descent under ``max_l ‖W_l‖₂`` (Prop. 1, 7).
 
@@ -122,7 +107,7 @@ def normalized_sgd(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 1 and 7 (2024).
     """
-    return descent(l2(), "normalized_sgd", **locals())
+    return descent(l2(), "normalized_sgd", learning_rate=learning_rate, **kw)
 
 
 def _spectral_or_l2(polar: PolarMethod) -> Callable[[str, Any], Norm]:
@@ -149,18 +134,13 @@ def _rank_error(path: str, leaf) -> ValueError:
     )
 
 
+@keywords(DESCENT)
 def spectral_descent(
     learning_rate: ArrayLike | optax.Schedule,
     *,
-    momentum: ArrayLike = 0.0,
-    nesterov: bool = False,
-    weight_decay: ArrayLike = 0.0,
-    step: Step = "unit",
-    sharpness: ArrayLike | optax.Schedule | None = None,
-    weight_decay_mask: Any = None,
-    mu_dtype: DTypeLike | None = None,
     polar: PolarMethod = "newton_schulz",
     mesh: Mesh | None = None,
+    **kw: Unpack[DescentOptions],
 ) -> optax.GradientTransformation:
     r"""Spectral descent: Shampoo with its accumulators off (anthology Prop. 5).
 
@@ -201,7 +181,7 @@ def spectral_descent(
     References:
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 4 and 5 (2024).
     """
-    hyper = dict(locals())
-    polar = hyper.pop("polar")
     check_polar_method(polar, "spectral_descent")
-    return descent(_spectral_or_l2(polar), "spectral_descent", **hyper)
+    return descent(
+        _spectral_or_l2(polar), "spectral_descent", learning_rate=learning_rate, mesh=mesh, **kw
+    )

@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
+from typing_extensions import Unpack
 
+from normtx._keywords import keywords
 from normtx._numerics import sum_widest, to_compute
 from normtx._pytree import flatten_state_field
 from normtx._validation import check_choice, check_positive, value_at
-from normtx.geometry.assign import Geometry, NormsSpec, ScalesSpec
-from normtx.geometry.infer import HeadSpec, LabelSpec
+from normtx.geometry.assign import GEOMETRY, Geometry, GeometryOptions
 from normtx.geometry.modular import RoleModular
 from normtx.geometry.role import FROZEN, ROLE_NAMES
 from normtx.transforms._step_size import Direction
@@ -58,19 +59,15 @@ class ModularNormPartitionState(NamedTuple):
     target_rms: Any = None
 
 
+@keywords(GEOMETRY)
 def modular_norm_partition(
     roles: Any = None,
     *,
-    norms: NormsSpec = None,
-    scales: ScalesSpec = None,
-    masses: Mapping[str, float] | None = None,
     sharpness: ArrayLike | optax.Schedule = 1.0,
     step: Step = "dual_norm",
     target_rms: TargetRmsSpec = None,
-    head: HeadSpec = None,
-    labels: LabelSpec = None,
-    heads_as_batch: bool = False,
     mesh: Mesh | None = None,
+    **kw: Unpack[GeometryOptions],
 ) -> optax.GradientTransformation:
     r"""Steepest descent under the modular norm of a network (anthology Prop. 7).
 
@@ -171,8 +168,7 @@ def modular_norm_partition(
       Bernstein & Newhouse, *Old Optimizer, New Norm*, Prop. 7, 8 and the epilogue (2024);
       Large et al., *Scalable Optimization in the Modular Norm* (2024).
     """
-    what = "modular_norm_partition"
-    geometry = Geometry(roles, norms, scales, masses, head, labels, heads_as_batch, what)
+    geometry = Geometry(roles, **kw, what="modular_norm_partition")
     return modular_step(
         RoleModular(geometry, mesh=mesh), sharpness=sharpness, step=step, target_rms=target_rms
     )

@@ -10,17 +10,11 @@ from normtx.transforms.cautious import (
 from normtx.transforms.dion import OrthogonalizeDionState, orthogonalize_dion
 from normtx.transforms.dualize import ScaleByDualNormState, dualize, scale_by_dual_norm
 from normtx.transforms.escape_velocity import EscapeVelocityState, escape_velocity_lr
+from normtx.transforms.max_logits import collect_max_logits, sow_max_logits
 from normtx.transforms.modular import ModularNormPartitionState, modular_norm_partition
 from normtx.transforms.neuron_norm import ScaleByNeuronRmsState, scale_by_neuron_rms, scale_to_rms
 from normtx.transforms.orthogonalize import orthogonalize_newton_schulz
-from normtx.transforms.qk_clip import (
-    QKClipState,
-    QKLeaf,
-    collect_max_logits,
-    flax_mha_heads,
-    qk_clip,
-    sow_max_logits,
-)
+from normtx.transforms.qk_clip import QKClipState, QKLeaf, flax_mha_heads, qk_clip
 
 __all__ = [
     "CautiousState",

@@ -116,19 +116,27 @@ class _MaxOverGroups(OperatorNorm):
 
 
 @dataclasses.dataclass(frozen=True)
-class L1ToLp(_MaxOverGroups):
-    """ℓ1 -> ℓp: the largest ℓp norm of a row of ``K`` (of a column of ``W = Kᵀ``), Prop. 8."""
+class _MaxOverGroupsP(_MaxOverGroups):
+    """A ``_MaxOverGroups`` norm with an exponent ``p``, named ``<factory>(p)``."""
 
     p: float = 2.0
-    _within: ClassVar[int] = -1
+    _factory: ClassVar[str]
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "p", validate_p(self.p, "l1_to_lp"))
+        object.__setattr__(self, "p", validate_p(self.p, self._factory))
 
     @property
     def name(self) -> str:
-        return f"l1_to_lp({self.p:g})"
+        return f"{self._factory}({self.p:g})"
+
+
+@dataclasses.dataclass(frozen=True)
+class L1ToLp(_MaxOverGroupsP):
+    """ℓ1 -> ℓp: the largest ℓp norm of a row of ``K`` (of a column of ``W = Kᵀ``), Prop. 8."""
+
+    _factory: ClassVar[str] = "l1_to_lp"
+    _within: ClassVar[int] = -1
 
     def _r(self) -> float:
         return self.p
@@ -149,19 +157,11 @@ class L1ToRms(_MaxOverGroups):
 
 
 @dataclasses.dataclass(frozen=True)
-class LpToLinf(_MaxOverGroups):
+class LpToLinf(_MaxOverGroupsP):
     """ℓp -> ℓ∞: the largest ℓq norm of a column of ``K`` (of a row of ``W = Kᵀ``), Prop. 8."""
 
-    p: float = 2.0
+    _factory: ClassVar[str] = "lp_to_linf"
     _within: ClassVar[int] = -2
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "p", validate_p(self.p, "lp_to_linf"))
-
-    @property
-    def name(self) -> str:
-        return f"lp_to_linf({self.p:g})"
 
     def _r(self) -> float:
         return dual_exponent(self.p)

@@ -10,12 +10,15 @@ does with vectors through an explicit ``vectors=`` policy, and the default is an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from normtx._numerics import compute_dtype
 from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
+from normtx._validation import value_at
 from normtx.dims import DENSE, DimensionNumbers, DimsSpec, normalize_axes
 
 __all__ = [
@@ -25,12 +28,35 @@ __all__ = [
     "check_float_leaves",
     "eye_batch",
     "field_trees",
+    "map_with_params",
     "matrix_shape",
     "resolve_matrix_leaves",
 ]
 
 
 NEEDS_PARAMS = "this transform needs the params: call tx.update(updates, state, params)."
+
+
+def map_with_params(
+    fn: Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array],
+    value: Any,
+    count: jax.Array,
+    updates: Any,
+    params: Any,
+    what: str,
+) -> Any:
+    """``fn(u, x, v, dt)`` on every leaf ``u`` of ``updates`` and ``x`` of ``params``: ``dt`` is
+    the compute dtype of the parameter (>= float32) and ``v`` the hyperparameter ``value`` at
+    step ``count`` in it (``value_at``: a schedule is called). Without ``params``, a
+    ``ValueError`` naming ``what``."""
+    if params is None:
+        raise ValueError(f"{what}: {NEEDS_PARAMS}")
+
+    def leaf(u, x):
+        dt = compute_dtype(x.dtype)
+        return fn(u, x, value_at(value, count, dt), dt)
+
+    return jax.tree.map(leaf, updates, params)
 
 
 def check_float_leaves(tree: Any, what: str) -> list[tuple[str, Any]]:

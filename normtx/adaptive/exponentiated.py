@@ -26,8 +26,8 @@ from jax.typing import ArrayLike
 
 from normtx._numerics import compute_dtype, safe_div
 from normtx._pytree import describe_leaf
-from normtx._validation import check_positive, check_static, value_at
-from normtx.adaptive._leaves import NEEDS_PARAMS, check_float_leaves
+from normtx._validation import check_positive, check_static
+from normtx.adaptive._leaves import check_float_leaves, map_with_params
 
 __all__ = ["ExponentiatedGradientState", "exponentiated_gradient"]
 
@@ -121,16 +121,13 @@ def exponentiated_gradient(
         _check(params)
         return ExponentiatedGradientState(count=jnp.zeros([], jnp.int32))
 
+    def leaf_update(g, w, eta, dt):
+        return (_eg_step(w, g, eta, axis) - w.astype(dt)).astype(w.dtype)
+
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(f"{what}: {NEEDS_PARAMS}")
-
-        def leaf_update(g, w):
-            dt = compute_dtype(w.dtype)
-            eta = value_at(learning_rate, state.count, dt)
-            return (_eg_step(w, g, eta, axis) - w.astype(dt)).astype(w.dtype)
-
-        new_updates = jax.tree.map(leaf_update, updates, params)
+        new_updates = map_with_params(
+            leaf_update, learning_rate, state.count, updates, params, what
+        )
         return new_updates, ExponentiatedGradientState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)

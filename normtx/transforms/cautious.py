@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from normtx._numerics import compute_dtype
-from normtx._validation import check_positive, value_at
-from normtx.adaptive._leaves import NEEDS_PARAMS
+from normtx._validation import check_positive
+from normtx.adaptive._leaves import map_with_params
 
 __all__ = ["CautiousState", "CautiousWeightDecayState", "add_cautious_weight_decay", "cautious"]
 
@@ -207,18 +207,13 @@ def add_cautious_weight_decay(
         del params
         return CautiousWeightDecayState(count=jnp.zeros([], jnp.int32))
 
+    def leaf(u, x, lam, dt):
+        # 1[u ⊙ x >= 0] from the signs (zeros included), without forming the product.
+        decay = ((u >= 0) & (x >= 0)) | ((u <= 0) & (x <= 0))
+        return (u.astype(dt) + lam * jnp.where(decay, x.astype(dt), 0)).astype(u.dtype)
+
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(f"{what}: {NEEDS_PARAMS}")
-
-        def leaf(u, x):
-            dt = compute_dtype(u.dtype)
-            lam = value_at(weight_decay, state.count, dt)
-            # 1[u ⊙ x >= 0] from the signs (zeros included), without forming the product.
-            decay = ((u >= 0) & (x >= 0)) | ((u <= 0) & (x <= 0))
-            return (u.astype(dt) + lam * jnp.where(decay, x.astype(dt), 0)).astype(u.dtype)
-
-        out = jax.tree.map(leaf, updates, params)
+        out = map_with_params(leaf, weight_decay, state.count, updates, params, what)
         return out, CautiousWeightDecayState(count=optax.safe_increment(state.count))
 
     tx = optax.GradientTransformation(init_fn, update_fn)

@@ -99,10 +99,11 @@ def keywords(*groups: KeywordGroup, **overrides: Any) -> Callable[[Callable[P, R
     ``TypedDict`` of ``**kw``'s annotation) must hold exactly the groups' keywords.
 
     The wrapper keeps ``f``'s name, docstring, module and annotations (``**kw``'s ``Unpack``
-    included); it has no ``__wrapped__``, as tools that pair ``f``'s source with its signature
-    (Sphinx's ``autodoc_preserve_defaults``) would pair the source's defaults with the wrong
-    parameters, and its globals resolve every annotation of its signature: ``f``'s module's names
-    over those of the modules that wrote the groups' annotations.
+    included), and annotates the groups' keywords too, so ``typing.get_type_hints`` sees every
+    parameter of the signature; its globals resolve those annotations (``f``'s module's names
+    over those of the modules that wrote the groups'). It has no ``__wrapped__``: tools that pair
+    ``f``'s source with the signature (Sphinx's ``autodoc_preserve_defaults``) would pair the
+    source's defaults with the wrong parameters.
     """
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -141,6 +142,12 @@ def keywords(*groups: KeywordGroup, **overrides: Any) -> Callable[[Callable[P, R
         functools.update_wrapper(wrapper, fn)
         del wrapper.__wrapped__
         wrapper.__signature__ = signature
+        # f's annotations (**kw's Unpack included) and every group keyword's, as the signature's.
+        wrapper.__annotations__ = {
+            **{k: v for k, v in fn.__annotations__.items() if k != "return"},
+            **{n: p.annotation for n, p in signature.parameters.items() if n not in own.parameters},
+            **({"return": own.return_annotation} if "return" in fn.__annotations__ else {}),
+        }
         return wrapper
 
     return decorate

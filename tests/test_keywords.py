@@ -202,6 +202,8 @@ def test_signature_is_the_one_before_the_groups(name):
     assert f.__module__.startswith("normtx.")
     assert f.__doc__
     assert f.__globals__ is not vars(normtx._keywords)
+    # Every annotation of the signature resolves where the function looks names up.
+    assert set(sig.parameters) <= set(typing.get_type_hints(f))
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

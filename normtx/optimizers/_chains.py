@@ -275,3 +275,25 @@ def skip_frozen(
 def zero_frozen(geometry: Geometry) -> optax.GradientTransformation:
     """A zero update on the leaves labelled ``'frozen'``; every other leaf unchanged."""
     return optax.masked(optax.set_to_zero(), role_mask(geometry, lambda r: r.name == FROZEN))
+
+
+def role_chain(
+    what: str,
+    geometry: Geometry,
+    momentum: optax.GradientTransformation,
+    *steps: optax.GradientTransformation,
+) -> optax.GradientTransformation:
+    """The frame of every role-based optimizer: ``check_shapes``, ``momentum`` on the leaves that
+    are not ``'frozen'``, ``steps``, then a zero update on the frozen ones."""
+    return optax.chain(
+        check_shapes(what), skip_frozen(geometry, momentum), *steps, zero_frozen(geometry)
+    )
+
+
+def matrix_weight_decay(
+    geometry: Geometry, weight_decay: ArrayLike, mask: Any
+) -> optax.GradientTransformation:
+    """``add_weight_decay`` on ``mask``, by default on the matrix roles (not biases or gains)."""
+    if mask is None:
+        mask = role_mask(geometry, lambda r: r.is_matrix)
+    return add_weight_decay(weight_decay, mask)

@@ -21,14 +21,11 @@ from normtx.geometry.infer import LABELLING, LabellingOptions
 from normtx.linalg.newton_schulz import Normalization
 from normtx.linalg.ns_coefficients import NsSchedule
 from normtx.optimizers._chains import (
-    add_weight_decay,
     check_common,
     check_mu_dtype,
-    check_shapes,
     ema_momentum,
-    role_mask,
-    skip_frozen,
-    zero_frozen,
+    matrix_weight_decay,
+    role_chain,
 )
 from normtx.optimizers._muon_parts import MuonScaling, adamw_split, muon_geometry, polar_step
 
@@ -217,15 +214,13 @@ def muon(
     direction = polar_step(geometry, mesh, adaptive=adaptive, rms=consistent_rms)
     momentum = ema_momentum(beta, nesterov, bias_correction=bias_correction, mu_dtype=mu_dtype)
     if others == "modular":
-        if weight_decay_mask is None:
-            weight_decay_mask = role_mask(geometry, lambda r: r.is_matrix)
-        return optax.chain(
-            check_shapes(what),
-            skip_frozen(geometry, momentum),
+        return role_chain(
+            what,
+            geometry,
+            momentum,
             direction,
-            add_weight_decay(weight_decay, weight_decay_mask),
+            matrix_weight_decay(geometry, weight_decay, weight_decay_mask),
             optax.scale_by_learning_rate(learning_rate),
-            zero_frozen(geometry),
         )
     return adamw_split(
         geometry,

@@ -168,14 +168,14 @@ def spectral_descent(
       polar factor exact (the default Newton–Schulz approximates it).
 
       >>> tx = normtx.optimizers.spectral_descent(0.1, momentum=0.9, polar="svd")
-      >>> params = {"w": jnp.zeros((2, 2), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
-      >>> grads = {"w": jnp.array([[1.2, 0.8], [-1.6, 0.6]], jnp.float32),
-      ...          "b": jnp.array([3.0, -4.0], jnp.float32)}
-      >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
-      >>> print(np.round(np.asarray(updates["w"], np.float64), 4))
+      >>> params = (jnp.zeros((2, 2), jnp.float32), jnp.zeros(2, jnp.float32))  # (w, b)
+      >>> grads = (jnp.array([[1.2, 0.8], [-1.6, 0.6]], jnp.float32),
+      ...          jnp.array([3.0, -4.0], jnp.float32))
+      >>> (w, b), state = jax.jit(tx.update)(grads, tx.init(params), params)
+      >>> print(np.round(np.asarray(w, np.float64), 4))  # -lr Q
       [[-0.06 -0.08]
        [ 0.08 -0.06]]
-      >>> print(np.round(np.asarray(updates["b"], np.float64), 4))
+      >>> print(np.round(np.asarray(b, np.float64), 4))
       [-0.06  0.08]
 
     References:

@@ -145,12 +145,12 @@ def _iterate(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: str) -
         return _step(x, _sym_gram(x, mm_dtype).astype(work), abc, mm_dtype, cubic)
 
     coeffs = jnp.asarray(schedule, work)
-    x = _first_step(x, coeffs[0], mm_dtype, normalization, cubic)
-    rest = schedule.shape[0] - 1
-    if rest:
-        x, _ = lax.scan(
-            lambda x, abc: (apply(x, abc), None), x, coeffs[1:], unroll=rest if rest <= 16 else 1
-        )
+    if normalization == "schatten4":
+        x, coeffs = _first_step(x, coeffs[0], mm_dtype, normalization, cubic), coeffs[1:]
+    # A loop over the schedule's rows, not unrolled: the steps differ only in their coefficients,
+    # so one compiled body serves them all (unrolled, every step's kernels are compiled anew).
+    if coeffs.shape[0]:
+        x, _ = lax.scan(lambda x, abc: (apply(x, abc), None), x, coeffs)
     return x
 
 

@@ -185,14 +185,13 @@ class Modular:
         XLA compute every stack once for each of its leaves.
         """
         rows = [(p, x, n, True) for p, x, n in entries] + [(p, x, n, False) for p, x, n in measure]
-        polars = self._polar_directions([r[:3] for r in rows])
+        polars, polar_duals = self._polar_directions(rows)
         duals: list[Any] = [None] * len(rows)
         directions: list[Any] = [None] * len(rows)
         for i, (path, x, n, want) in enumerate(rows):
             x = to_compute(x)
-            if i in polars:
-                directions[i] = polars[i]
-                duals[i] = jnp.sum(x * polars[i])
+            if i in polar_duals:
+                directions[i], duals[i] = polars.get(i), polar_duals[i]
             else:
                 # The norm's own closed-form dual: its reductions are the direction's (XLA computes
                 # them once), where <x, dualize(x)> would be one more pass over the leaf.
@@ -203,19 +202,27 @@ class Modular:
         k = len(entries)
         return duals[:k], directions[:k], duals[k:]
 
-    def _polar_directions(self, entries: Sequence[tuple[str, Any, Norm | None]]) -> dict:
-        """``{i: polar(x_i)/factor_i}`` (compute dtype, leaf shape) for the entries whose norm
-        dualizes by a polar factor (``Norm._polar_plan``), stacked by matrix shape."""
+    def _polar_directions(self, rows: Sequence[tuple[str, Any, Norm | None, bool]]):
+        """``({i: polar(x_i)/f_i}, {i: <x_i, polar(x_i)>/f_i})`` (compute dtype, leaf shape) for
+        the rows ``(path, x, norm, want)`` whose norm dualizes by a polar factor
+        (``Norm._polar_plan``), stacked by matrix shape; directions only where ``want``."""
         fns: dict[Any, Callable] = {}
-        items, factors = [], {}
-        for i, (path, x, n) in enumerate(entries):
+        items, factors, keep = [], {}, []
+        for i, (path, x, n, want) in enumerate(rows):
             plan = None if n is None else n._polar_plan(tuple(x.shape), path)
             if plan is not None:
                 dims, method, factors[i] = plan
                 fn = fns.setdefault(method, functools.partial(polar, method=method))
                 items.append((path, to_compute(x), dims, fn))
-        outs = map_matrices(items, turn=_turn_tall_matrices(self.mesh), mesh=self.mesh)
-        return {i: p / factors[i] for i, p in zip(factors, outs, strict=True)}
+                keep.append(want)
+        outs, inners = map_matrices(
+            items, turn=_turn_tall_matrices(self.mesh), mesh=self.mesh, inner=True, keep=keep
+        )
+        directions = {
+            i: p / factors[i] for i, p in zip(factors, outs, strict=True) if p is not None
+        }
+        duals = {i: d / factors[i] for i, d in zip(factors, inners, strict=True)}
+        return directions, duals
 
     def dualize(self, tree: Any) -> Any:
         """``T_l = dualize_l(G_l) / s_l``: the unit-modular-norm tree best aligned with ``tree``."""

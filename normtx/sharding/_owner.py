@@ -28,8 +28,14 @@ Item = tuple[str, jax.Array, DimensionNumbers, Callable[[jax.Array], jax.Array]]
 
 
 def map_matrices(
-    items: Sequence[Item], *, batch: bool = True, turn: bool = True, mesh: Mesh | None = None
-) -> list[jax.Array]:
+    items: Sequence[Item],
+    *,
+    batch: bool = True,
+    turn: bool = True,
+    mesh: Mesh | None = None,
+    inner: bool = False,
+    keep: Sequence[bool] | None = None,
+) -> Any:
     """``fn`` applied to every matrix of every leaf; each result has its leaf's shape.
 
     ``fn`` maps a stack ``(N, m, n)`` to a stack of the same shape, one matrix at a time, and
@@ -41,6 +47,11 @@ def map_matrices(
     is, so a stack gives what its leaves give one by one). With ``mesh`` every stack is computed
     by the owner strategy (module docstring); results are then laid out like their leaves under
     explicit sharding, and wherever XLA puts them under ``Auto`` axes.
+
+    ``inner=True`` also returns, per item, ``Σ <M, fn(M)>`` over its matrices (a polar factor's
+    dual norm), computed on each stack at once: ``(results, inners)``. ``keep[i] = False`` skips
+    item ``i``'s results (``None``): no part of the stack is cut out for it and put back in its
+    leaf's shape, work XLA compiles once per leaf.
     """
     slices, groups = [], {}
     for i, (path, x, dims, fn) in enumerate(items):
@@ -52,15 +63,22 @@ def map_matrices(
         key = (fn, m.shape[1:], m.dtype, _sharding.explicit_spec(m)) if batch else i
         groups.setdefault(key, []).append(i)
     outs: list[Any] = [None] * len(items)
+    inners: list[Any] = [None] * len(items)
     for members in groups.values():
         fn = items[members[0]][3]
         stack = jnp.concatenate([slices[i][0] for i in members], axis=0)
         result = fn(stack) if mesh is None else _owner(fn, stack, mesh)
-        sizes = np.cumsum([slices[i][0].shape[0] for i in members])[:-1]
-        for i, part in zip(members, jnp.split(result, sizes), strict=True):
-            _, inverse, tall = slices[i]
-            outs[i] = inverse(jnp.swapaxes(part, 1, 2) if tall else part)
-    return outs
+        bounds = np.cumsum([0] + [slices[i][0].shape[0] for i in members])
+        if inner:
+            sums = jnp.sum(stack.astype(result.dtype) * result, axis=(1, 2))
+        for i, lo, hi in zip(members, bounds[:-1], bounds[1:], strict=True):
+            if inner:
+                inners[i] = jnp.sum(sums[lo:hi])
+            if keep is None or keep[i]:
+                _, inverse, tall = slices[i]
+                part = result[lo:hi]
+                outs[i] = inverse(jnp.swapaxes(part, 1, 2) if tall else part)
+    return (outs, inners) if inner else outs
 
 
 def _check_mesh(path: str, x: jax.Array, mesh: Mesh):

@@ -235,6 +235,55 @@ def test_the_muon_quintic_does_not_converge():
 # ---- the Gram-space iteration for rectangular matrices (Amsel et al., Algorithm 4) -------------
 
 
+def _aol_oracle(g, schedule) -> np.ndarray:
+    """Float64: ``X = G/‖G‖_F`` (short side first), ``X₀ = D X`` with
+    ``D = diag(Σ_j |X Xᵀ|_ij)^{-1/2}``, then the schedule's polynomial on ``X₀``'s singular values
+    (``U₀ f(Σ₀) V₀ᵀ``, exactly what the iteration computes from ``X₀``)."""
+    g = np.asarray(g, np.float64)
+    tall = g.shape[0] > g.shape[1]
+    x = (g.T if tall else g) / np.linalg.norm(g)
+    d = 1 / np.sqrt(np.abs(x @ x.T).sum(axis=1))
+    u, s, vh = np.linalg.svd(d[:, None] * x, full_matrices=False)
+    assert s.max() <= 1 + 1e-12  # the AOL bound (Prach & Lampert 2022, Theorem 1)
+    out = (u * compose(schedule, s)) @ vh
+    return out.T if tall else out
+
+
+@pytest.mark.parametrize("shape", [(12, 40), (40, 12), (64, 64)])
+def test_aol_normalization_against_a_float64_oracle_and_optax(shape):
+    """``normalization='aol'``: the polynomial iteration from ``D G/‖G‖_F`` (rows rescaled by the
+    Gram matrix's absolute row sums), by the float64 SVD oracle and by optax's
+    ``preconditioning='aol'`` (same quintic, same steps), in both the direct and the Gram-space
+    iteration; scale free; the zero matrix and a zero row stay finite."""
+    from optax.contrib import _muon
+
+    rng = np.random.default_rng(21)
+    g = spread(rng, *shape, low=1e-2) * np.exp(rng.standard_normal((shape[0], 1)))  # uneven rows
+    schedule = newton_schulz_schedule("muon", 5)
+    oracle = _aol_oracle(g, schedule)
+    ref = _muon.orthogonalize_via_newton_schulz(
+        _f32(g), jnp.asarray(schedule[0], jnp.float32), 5, preconditioning="aol"
+    )
+    np.testing.assert_allclose(np.asarray(ref, np.float64), oracle, atol=2e-5)
+    for gram in (True, False):
+        x = newton_schulz(_f32(g), steps=5, coefficients="muon", normalization="aol", gram=gram)
+        np.testing.assert_allclose(np.asarray(x, np.float64), oracle, atol=2e-5)
+    # Not the polar factor of G itself: the rows' scales moved the target.
+    assert rel_error(np.asarray(x, np.float64), polar64(g)) > 0.05
+    for k in (-60, 20):
+        chex.assert_trees_all_close(
+            newton_schulz(
+                _f32(g) * jnp.float32(2.0**k), coefficients="muon", normalization="aol", gram=False
+            ),
+            x,
+            atol=1e-6,
+        )
+    z = newton_schulz(jnp.zeros(shape, jnp.float32), normalization="aol")
+    chex.assert_trees_all_equal(z, jnp.zeros(shape, jnp.float32))
+    row0 = _f32(g).at[0].set(0.0) if shape[0] <= shape[1] else _f32(g).at[:, 0].set(0.0)
+    assert np.isfinite(np.asarray(newton_schulz(row0, normalization="aol"))).all()
+
+
 @pytest.mark.parametrize(
     ("shape", "coefficients", "steps", "normalization"),
     [

@@ -187,6 +187,7 @@ KNOBS = {
         normalization=(None, "schatten4"),
         mu_dtype=(jnp.bfloat16, jnp.bfloat16),
     ),
+    "aol": dict(preconditioning=("aol", None), normalization=(None, "aol")),
 }
 
 

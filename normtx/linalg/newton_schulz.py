@@ -28,7 +28,12 @@ to zero (never NaN). ``compute_dtype=jnp.bfloat16`` runs the matmuls in bfloat16
 accumulation (``preferred_element_type``) while ``X`` itself stays in float32.
 ``normalization='schatten4'`` divides ``X₀`` further by ``‖X₀X₀ᵀ‖_F^{1/2}`` (from the first Gram
 matrix, no extra matmul): ``‖G‖_{S₄} >= σ_max`` is a tighter bound than ``‖G‖_F``, so small
-singular values start larger.
+singular values start larger. ``normalization='aol'`` scales the rows of ``X₀`` instead, by
+``D = diag(Σ_j |X₀X₀ᵀ|_ij)^{-1/2}`` (almost-orthogonal-layer rescaling, Prach & Lampert 2022):
+again from the first Gram matrix, with ``σ_max(D X₀) <= 1`` guaranteed, so the iteration may start
+closer to 1. It then converges to the polar factor of ``D G``, not of ``G``: the same when the
+rows of ``|GGᵀ|`` have equal sums, off by a few per cent for a random ``G`` and more when its rows
+differ in scale (optax's ``'aol'`` preconditioning).
 
 Cost: a step is three matmuls (``X Xᵀ``, ``A²``, ``B X``; two for a cubic). The two symmetric
 products are formed from 4 × 4 row blocks once ``m >= 512`` (only the upper triangle of blocks is
@@ -75,8 +80,8 @@ __all__ = [
     "newton_schulz_schedule",
 ]
 
-Normalization = Literal["frobenius", "schatten4"]
-NORMALIZATIONS: tuple[str, ...] = ("frobenius", "schatten4")
+Normalization = Literal["frobenius", "schatten4", "aol"]
+NORMALIZATIONS: tuple[str, ...] = ("frobenius", "schatten4", "aol")
 
 
 def _normalised(g: jax.Array, eps: float) -> jax.Array:
@@ -135,8 +140,8 @@ def _sym_gram(x: jax.Array, mm_dtype) -> jax.Array:
 def _iterate(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: str) -> jax.Array:
     """Applies the schedule to ``x`` (short side first, work dtype); matmul inputs in ``mm_dtype``.
 
-    With ``normalization='schatten4'`` the first Gram matrix ``A₀ = X₀X₀ᵀ`` also rescales
-    ``X₀ <- X₀ / ‖A₀‖_F^{1/2}`` (and ``A₀`` by the square), with no extra matmul.
+    With ``normalization='schatten4'`` or ``'aol'`` the first Gram matrix ``A₀ = X₀X₀ᵀ`` also
+    rescales ``X₀`` (``_precondition``), with no extra matmul.
     """
     cubic = bool(np.all(schedule[:, 2] == 0))
     work = x.dtype
@@ -145,7 +150,7 @@ def _iterate(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: str) -
         return _step(x, _sym_gram(x, mm_dtype).astype(work), abc, mm_dtype, cubic)
 
     coeffs = jnp.asarray(schedule, work)
-    if normalization == "schatten4":
+    if normalization != "frobenius":
         x, coeffs = _first_step(x, coeffs[0], mm_dtype, normalization, cubic), coeffs[1:]
     # A loop over the schedule's rows, not unrolled: the steps differ only in their coefficients,
     # so one compiled body serves them all (unrolled, every step's kernels are compiled anew).
@@ -165,13 +170,28 @@ def _step(x: jax.Array, gram: jax.Array, abc: jax.Array, mm_dtype, cubic: bool) 
 
 
 def _first_step(x: jax.Array, abc: jax.Array, mm_dtype, normalization: str, cubic: bool):
-    """The first step, whose Gram matrix ``A₀`` also gives the Schatten-4 rescaling."""
+    """The first step, whose Gram matrix ``A₀`` also gives the rescaling of ``normalization``."""
     gram = _sym_gram(x, mm_dtype).astype(x.dtype)
+    return _step(*_precondition(x, gram, normalization), abc, mm_dtype, cubic)
+
+
+def _precondition(x: jax.Array, gram: jax.Array, normalization: str):
+    """``(X₀, A₀)`` rescaled from the Gram matrix ``A₀ = X₀X₀ᵀ`` (no matmul).
+
+    ``'schatten4'``: ``X₀ / ‖A₀‖_F^{1/2}``. ``'aol'``: ``D X₀`` with
+    ``D = diag(Σ_j |A₀|_ij)^{-1/2}``, whose ``D A₀ D`` has absolute row sums ``<= 1`` and hence
+    ``σ_max(D X₀) <= 1`` (Prach & Lampert, 2022, Theorem 1); a zero row stays zero.
+    ``'frobenius'``: unchanged.
+    """
     if normalization == "schatten4":
         s4 = jnp.sqrt(jnp.sqrt(jnp.sum(jnp.square(gram), axis=(-2, -1), keepdims=True)))
         inv = safe_div(jnp.ones_like(s4), s4)
-        x, gram = x * inv, gram * jnp.square(inv)
-    return _step(x, gram, abc, mm_dtype, cubic)
+        return x * inv, gram * jnp.square(inv)
+    if normalization == "aol":
+        rows = jnp.sum(jnp.abs(gram), axis=-1, keepdims=True)
+        d = safe_div(jnp.ones_like(rows), jnp.sqrt(rows))
+        return x * d, gram * d * jnp.swapaxes(d, -1, -2)
+    return x, gram
 
 
 def _iterate_traced(
@@ -226,10 +246,8 @@ def _iterate_gram(x: jax.Array, schedule: np.ndarray, mm_dtype, normalization: s
 
     for start in range(0, schedule.shape[0], _RESTART):
         y = _sym_gram(x, mm_dtype).astype(work)
-        if start == 0 and normalization == "schatten4":
-            s4 = jnp.sqrt(jnp.sqrt(jnp.sum(jnp.square(y), axis=(-2, -1), keepdims=True)))
-            inv = safe_div(jnp.ones_like(s4), s4)
-            x, y = x * inv, y * jnp.square(inv)
+        if start == 0:
+            x, y = _precondition(x, y, normalization)
         q = None
         for a, b, c in schedule[start : start + _RESTART].tolist():  # Python floats: weak types
             r = y if q is None else mm(q, mm(y, q))
@@ -272,7 +290,9 @@ def newton_schulz(
         still ``>= σ_max`` but closer to it (``<= r^{1/4} σ_max`` against ``r^{1/2} σ_max``
         for rank r). It reuses the first step's Gram matrix — no extra matmul — and starts small
         singular values larger, so fewer steps reach a given accuracy (optax's ``'schatten'``
-        preconditioning).
+        preconditioning). ``'aol'``: ``X₀ = D X`` for ``X = G/‖G‖_F`` and
+        ``D = diag(Σ_j |X Xᵀ|_ij)^{-1/2}``, so ``σ_max(X₀) <= 1``; the iteration then approximates
+        the polar factor of ``D G`` (see above; optax's ``'aol'`` preconditioning).
       gram: run the iteration on the ``m × m`` Gram matrix of the short side (Amsel et al. 2025,
         Algorithm 4, restarted every 3 steps): each step then costs ``O(m³)`` instead of
         ``O(m²n)``, plus ``O(m²n)`` per restart. ``None`` (default) chooses it when it needs fewer

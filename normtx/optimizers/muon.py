@@ -100,8 +100,8 @@ def muon(
     adam_nesterov=True)`` is ``optax.contrib.muon(lr, muon_weight_dimension_numbers=
     normtx.roles.muon_dimension_numbers(params))``, and optax's ``consistent_rms``,
     ``adaptive``, ``weight_decay``/``weight_decay_mask``, ``mu_dtype``, ``adam_*``, ``ns_steps``
-    and ``preconditioning='schatten'`` (``normalization='schatten4'``) map to the arguments of
-    the same names; optax's ``eps`` is ``adam_eps`` here (normtx's normalisation before
+    and ``preconditioning='schatten'``/``'aol'`` (``normalization='schatten4'``/``'aol'``) map to
+    the arguments of the same names; optax's ``eps`` is ``adam_eps`` here (normtx's normalisation before
     Newton–Schulz, ``G/max|G|`` then ``/(‖·‖_F + 1e-7)``, is scale free, where optax divides by
     ``‖G‖_F + eps``: the two agree to ``eps/‖G‖_F`` relative). The updates then agree to
     float32 rounding (tested over 50 steps of a Flax transformer).
@@ -115,8 +115,9 @@ def muon(
       ns_steps: Newton–Schulz steps, an int ``>= 1``. Works with ``optax.inject_hyperparams``
         (no ``static_args`` needed): injected, the step count and the coefficients are read at
         run time (a ``lax.fori_loop``).
-      normalization: the scaling of ``G`` before Newton–Schulz: ``'frobenius'`` (default) or
-        ``'schatten4'`` (``‖G‖_{S₄}``, closer to σ_max; ``normtx.linalg.newton_schulz``).
+      normalization: the scaling of ``G`` before Newton–Schulz: ``'frobenius'`` (default),
+        ``'schatten4'`` (``‖G‖_{S₄}``, closer to σ_max) or ``'aol'`` (rows rescaled so that
+        σ_max <= 1; the polar factor of the rescaled ``G``); ``normtx.linalg.newton_schulz``.
       scale: ``'muon'``, ``'rms_to_rms'`` or ``'spectral'``.
       consistent_rms: ``None`` or ρ > 0: the step ``ρ √max(d_in, d_out) U Vᵀ`` (``scale`` must
         then be ``'muon'``).

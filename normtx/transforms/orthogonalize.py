@@ -153,7 +153,8 @@ def orthogonalize_newton_schulz(
       compute_dtype: matmul input dtype of the iteration (e.g. ``jnp.bfloat16``; float32
         accumulation); default float32 (float64 for float64 leaves).
       batch_same_shapes: stack same-shape matrices into one batched iteration.
-      normalization: ``'frobenius'`` or ``'schatten4'`` (see ``normtx.linalg.newton_schulz``).
+      normalization: ``'frobenius'``, ``'schatten4'`` or ``'aol'`` (see
+        ``normtx.linalg.newton_schulz``).
       mesh: ``None`` (default: computed where XLA puts it — under explicit sharding every matrix
         is gathered whole on every device) or a ``jax.sharding.Mesh``: the owner-device strategy
         over its devices (``normtx.sharding``).

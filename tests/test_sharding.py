@@ -332,6 +332,24 @@ def test_a_mesh_that_is_not_a_mesh_fails_at_construction(make):
         make()
 
 
+def test_inject_hyperparams_with_a_mesh_says_to_make_it_static():
+    """optax.inject_hyperparams calls a callable hyperparameter as a schedule, and a Mesh is
+    callable: the error says so; with ``static_args=('mesh',)`` the injected Muon gives the plain
+    one's update."""
+    mesh, p = _mesh("auto"), _tree()
+    g = jax.tree.map(lambda x: 0.5 * x + 1.0, p)
+    injected = optax.inject_hyperparams(optimizers.muon)(learning_rate=0.02, mesh=mesh)
+    with pytest.raises(TypeError, match=r"inject_hyperparams .* list 'mesh' in its static_args"):
+        injected.init(p)
+    tx = optax.inject_hyperparams(optimizers.muon, static_args=("mesh",))(
+        learning_rate=0.02, mesh=mesh
+    )
+    plain = optimizers.muon(0.02, mesh=mesh)
+    want, _ = plain.update(g, plain.init(p), p)
+    got, _ = jax.jit(tx.update)(g, tx.init(p), p)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_params_on_another_mesh_than_the_polar_mesh_fail_naming_the_path():
     p = _put(_kernels(_tree()), _named(_mesh("explicit"), _kernels(TREE_SPECS)))
     tx = normtx.orthogonalize_newton_schulz(mesh=_mesh("explicit", (8,), ("d",)))

@@ -84,9 +84,16 @@ def replicate_except(x: jax.Array, keep: int | None = None) -> jax.Array:
 def check_mesh(mesh, what: str) -> None:
     """Raises ``TypeError`` unless ``mesh`` is ``None`` or a ``jax.sharding.Mesh``."""
     if mesh is not None and not isinstance(mesh, Mesh):
+        hint = (
+            " A function here is what optax.inject_hyperparams passes for a Mesh: it takes every "
+            "callable hyperparameter for a schedule, and a Mesh is callable (a context "
+            "decorator); list 'mesh' in its static_args."
+            if callable(mesh)
+            else ""
+        )
         raise TypeError(
             f"{what}: mesh must be None or a jax.sharding.Mesh (e.g. jax.make_mesh((8,), "
-            f"('data',))) whose devices share the polar factors, got {mesh!r}."
+            f"('data',))) whose devices share the polar factors, got {mesh!r}.{hint}"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 __all__ = [
     "compute_dtype",
@@ -57,7 +58,15 @@ def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     A NaN ``den`` is not hidden: it gives NaN, so a non-finite input stays visible downstream.
     """
     ok = ~(den <= 0)
-    return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+    quotient = num / _select(ok, den, lax.full_like(den, 1))
+    return _select(ok, quotient, jnp.zeros_like(quotient))
+
+
+def _select(pred: jax.Array, on_true: jax.Array, on_false: jax.Array) -> jax.Array:
+    """``jnp.where`` for arrays of one dtype, broadcast, as one ``lax.select``: without
+    ``jnp.where``'s nested ``jit``, whose tracing (and call in the program) every use in
+    ``safe_div`` and ``div_by_max`` — for every leaf of every update — would repeat."""
+    return lax.select(*jnp.broadcast_arrays(pred, on_true, on_false))
 
 
 def finite_matrices(x: jax.Array) -> jax.Array:
@@ -81,9 +90,12 @@ def div_by_max(x: jax.Array, m: jax.Array) -> jax.Array:
     visible downstream, and never an Inf inside LAPACK (its SVD of a matrix with an Inf entry
     hangs). float32 or float64.
     """
-    info = jnp.finfo(x.dtype)
     m = m.astype(x.dtype)
-    big = jnp.asarray(2.0 ** (info.maxexp // 2), x.dtype)
-    c = jnp.where(m > big, 1 / big, jnp.where(m < 1 / big, big, 1)).astype(x.dtype)
-    inv = jnp.where(jnp.isfinite(m), jnp.where(m > 0, 1 / (m * c), 0), jnp.nan)  # per group
-    return x * c * inv
+    big = 2.0 ** (jnp.finfo(x.dtype).maxexp // 2)
+
+    def full(value):
+        return lax.full_like(m, value)
+
+    c = _select(m > big, full(1 / big), _select(m < 1 / big, full(big), full(1)))
+    inv = _select(lax.is_finite(m), _select(m > 0, 1 / (m * c), full(0)), full(jnp.nan))
+    return x * c * inv  # inv: per group

@@ -119,6 +119,20 @@ INIT_ONLY = {
 
 _MUON_NS = np.array([[3.4445, -4.7750, 2.0315]] * 5)
 
+# The hyperparameters the Muon family shares (each optimizer's own are added to them).
+_MUON_FAMILY = dict(
+    learning_rate=0.1,
+    beta=0.9,
+    ns_coefficients=_MUON_NS,
+    ns_steps=5,
+    weight_decay=0.1,
+    adam_learning_rate=0.01,
+    adam_b1=0.8,
+    adam_b2=0.9,
+    adam_eps=1e-3,
+    adam_weight_decay=0.1,
+)
+
 # A refresh at every Adam step; max_precond_dim 6: Dense_0 (6, 8) has only L, Dense_1 (8, 3) only
 # R, each of full rank. b2 != shampoo_beta: each is read on its own.
 _SOAP = dict(
@@ -158,35 +172,8 @@ BASE = {
         init_lr=1e-3,
         scales=2.0,
     ),
-    "muon": dict(
-        learning_rate=0.1,
-        beta=0.9,
-        ns_coefficients=_MUON_NS,
-        ns_steps=5,
-        weight_decay=0.1,
-        adam_learning_rate=0.01,
-        adam_b1=0.8,
-        adam_b2=0.9,
-        adam_eps=1e-3,
-        adam_eps_root=1e-3,
-        adam_weight_decay=0.1,
-        consistent_rms=0.3,
-    ),
-    "normuon": dict(
-        learning_rate=0.1,
-        beta=0.9,
-        beta2=0.8,
-        eps=1e-3,
-        rms=0.3,
-        ns_coefficients=_MUON_NS,
-        ns_steps=5,
-        weight_decay=0.1,
-        adam_learning_rate=0.01,
-        adam_b1=0.8,
-        adam_b2=0.9,
-        adam_eps=1e-3,
-        adam_weight_decay=0.1,
-    ),
+    "muon": dict(_MUON_FAMILY, adam_eps_root=1e-3, consistent_rms=0.3),
+    "normuon": dict(_MUON_FAMILY, beta2=0.8, eps=1e-3, rms=0.3),
     "normalized_sgd": dict(
         learning_rate=0.1, momentum=0.5, weight_decay=0.1, step="dual_norm", sharpness=2.0
     ),

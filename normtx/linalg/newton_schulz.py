@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 Normalization = Literal["frobenius", "schatten4", "aol"]
-NORMALIZATIONS: tuple[str, ...] = ("frobenius", "schatten4", "aol")
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 
 def _normalised(g: jax.Array, eps: float) -> jax.Array:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 NsSchedule = Literal["cubic", "muon", "polar_express"]
-NS_SCHEDULES: tuple[str, ...] = ("cubic", "muon", "polar_express")
+NS_SCHEDULES: tuple[str, ...] = get_args(NsSchedule)
 
 # Amsel et al. (2025), §4.3–4.4 and Appendix G: the lower bound ℓ = 1e-3 assumed for the
 # smallest normalised singular value, the cushion that keeps every step's polynomial from mapping

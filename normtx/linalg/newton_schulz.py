@@ -66,19 +66,12 @@ from normtx._numerics import compute_dtype as _compute_dtype
 from normtx._numerics import div_by_max, safe_div
 from normtx._validation import check_count
 from normtx.linalg.ns_coefficients import (
-    NS_SCHEDULES,
     NsSchedule,
     newton_schulz_schedule,
     traced_schedule,
 )
 
-__all__ = [
-    "NORMALIZATIONS",
-    "NS_SCHEDULES",
-    "NsSchedule",
-    "newton_schulz",
-    "newton_schulz_schedule",
-]
+__all__ = ["NORMALIZATIONS", "Normalization", "newton_schulz"]
 
 Normalization = Literal["frobenius", "schatten4", "aol"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)

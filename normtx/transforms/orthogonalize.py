@@ -16,13 +16,8 @@ from jax.typing import ArrayLike, DTypeLike
 from normtx._pytree import broadcast_to_leaves, describe_leaf, flatten_with_paths
 from normtx._validation import check_choice, check_int, check_positive, check_static
 from normtx.dims import DimensionNumbers, DimsSpec, normalize_axes
-from normtx.linalg.newton_schulz import (
-    NORMALIZATIONS,
-    Normalization,
-    NsSchedule,
-    newton_schulz,
-    newton_schulz_schedule,
-)
+from normtx.linalg.newton_schulz import NORMALIZATIONS, Normalization, newton_schulz
+from normtx.linalg.ns_coefficients import NsSchedule, newton_schulz_schedule
 from normtx.sharding._layout import check_mesh
 from normtx.sharding._owner import map_matrices
 
